@@ -1,0 +1,152 @@
+"""Cross-key checks of a schema-validated workflow config: what JSON Schema cannot express.
+
+Called from ``workflow/rules/common.smk`` right after schema validation, so a bad config stops
+the run before any job, with every problem listed by its key path.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+from mechflow.models.config import Architecture, TrainingConfig, hook_names
+
+
+class ConfigError(ValueError):
+    """A config that passed the schema but is inconsistent; the message lists every problem."""
+
+
+def architecture_of(spec: dict[str, Any]) -> Architecture | None:
+    """The architecture of a trained model entry (None for pretrained: known only after loading)."""
+    if spec.get("source") != "trained":
+        return None
+    return Architecture.from_dict(spec["architecture"])
+
+
+def checkpoint_steps(training: dict[str, Any]) -> list[int]:
+    steps = training["steps"]
+    every = training.get("checkpoint_every")
+    points = set(training.get("checkpoints", []))
+    if every:
+        points.update(range(0, steps + 1, every))
+        points.add(steps)
+    return sorted(points)
+
+
+def training_config(training: dict[str, Any]) -> dict[str, Any]:
+    """The TrainingConfig fields of a config entry (dataset and checkpoint_every resolved away)."""
+    fields = {k: v for k, v in training.items() if k not in ("dataset", "checkpoint_every")}
+    fields["checkpoints"] = checkpoint_steps(training)
+    return fields
+
+
+def expand_hooks(patterns: list[str], available: list[str]) -> list[str]:
+    """Expand shell-style patterns (``blocks.*.attn.hook_pattern``) against a model's hook names."""
+    out: list[str] = []
+    for pattern in patterns:
+        matched = fnmatch.filter(available, pattern)
+        if not matched:
+            raise ValueError(f"hook {pattern!r} matches no hook of the model")
+        out += [name for name in matched if name not in out]
+    return out
+
+
+def _sequence_length(dataset: dict[str, Any]) -> int:
+    if dataset["kind"] == "repeated_random":
+        return 1 + 2 * dataset["half_len"]
+    return dataset["seq_len"]
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """Raise ConfigError listing every inconsistency (unknown names, sizes that do not fit)."""
+    problems: list[str] = []
+    datasets = config.get("datasets", {})
+    models = config.get("models", {})
+    archs: dict[str, Architecture] = {}
+
+    def fits(where: str, dataset_name: str, model_name: str) -> None:
+        arch = archs.get(model_name)
+        dataset = datasets.get(dataset_name)
+        if arch is None or dataset is None:
+            return
+        if _sequence_length(dataset) > arch.n_ctx:
+            problems.append(
+                f"{where}: dataset {dataset_name!r} has sequences of length "
+                f"{_sequence_length(dataset)} > models.{model_name}.architecture.n_ctx={arch.n_ctx}"
+            )
+        if dataset["d_vocab"] > arch.d_vocab:
+            problems.append(
+                f"{where}: dataset {dataset_name!r} uses d_vocab={dataset['d_vocab']} > "
+                f"models.{model_name}.architecture.d_vocab={arch.d_vocab}"
+            )
+
+    for name, dataset in datasets.items():
+        if dataset["kind"] == "repeated_spans":
+            lo, hi = dataset["span_len"]
+            if lo > hi:
+                problems.append(f"datasets.{name}.span_len: min {lo} > max {hi}")
+            elif 2 * hi + 1 > dataset["seq_len"]:
+                problems.append(
+                    f"datasets.{name}.span_len: max {hi} too long for seq_len {dataset['seq_len']}"
+                    " (need 2*max+1 <= seq_len)"
+                )
+
+    for name, spec in models.items():
+        try:
+            arch = architecture_of(spec)
+        except ValueError as err:
+            problems.append(f"models.{name}.{err}")
+            continue
+        if arch is None:
+            continue
+        archs[name] = arch
+        training = spec["training"]
+        if training["dataset"] not in datasets:
+            problems.append(f"models.{name}.training.dataset: unknown dataset {training['dataset']!r}")
+        try:
+            TrainingConfig.from_dict(training_config(training))
+        except ValueError as err:
+            problems.append(f"models.{name}.{err}")
+        fits(f"models.{name}.training.dataset", training["dataset"], name)
+
+    activations = config.get("activations", {})
+    for name, hooks in activations.get("extra_hooks", {}).items():
+        if name not in models:
+            problems.append(f"activations.extra_hooks: unknown model {name!r}")
+        elif name in archs:
+            for hook in hooks:
+                try:
+                    expand_hooks([hook], hook_names(archs[name]))
+                except ValueError:
+                    problems.append(
+                        f"activations.extra_hooks.{name}: unknown hook name {hook!r} for this "
+                        f"architecture (e.g. {hook_names(archs[name])[2]!r})"
+                    )
+
+    induction = config.get("experiments", {}).get("induction")
+    if induction:
+        where = "experiments.induction"
+        for model in induction["models"]:
+            if model not in models:
+                problems.append(f"{where}.models: unknown model {model!r}")
+        for key in ("eval_dataset", "icl_dataset"):
+            if induction[key] not in datasets:
+                problems.append(f"{where}.{key}: unknown dataset {induction[key]!r}")
+        eval_ds = datasets.get(induction["eval_dataset"])
+        if eval_ds is not None and eval_ds["kind"] != "repeated_random":
+            problems.append(f"{where}.eval_dataset: {induction['eval_dataset']!r} must be of kind repeated_random")
+        icl_ds = datasets.get(induction["icl_dataset"])
+        early, late = induction.get("icl_early", 5), induction.get("icl_late", 60)
+        if early >= late:
+            problems.append(f"{where}: icl_early ({early}) must be < icl_late ({late})")
+        if icl_ds is not None and late >= _sequence_length(icl_ds):
+            problems.append(
+                f"{where}.icl_late: {late} >= length {_sequence_length(icl_ds)} of "
+                f"dataset {induction['icl_dataset']!r}"
+            )
+        for model in induction["models"]:
+            fits(f"{where}.eval_dataset", induction["eval_dataset"], model)
+            fits(f"{where}.icl_dataset", induction["icl_dataset"], model)
+
+    if problems:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))

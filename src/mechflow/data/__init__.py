@@ -1,0 +1,1 @@
+"""Task generators and token datasets (all generated locally: nothing is downloaded)."""

@@ -1,0 +1,1 @@
+"""Model configs, construction, training and loading (the one place that knows TransformerLens)."""

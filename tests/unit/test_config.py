@@ -1,0 +1,91 @@
+"""The config is validated (schema, then cross-key checks) with messages that name the bad key."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from mechflow.config_checks import ConfigError, check_config, checkpoint_steps, expand_hooks
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = str(ROOT / "workflow/schemas/config.schema.yaml")
+
+
+def load(name):
+    return yaml.safe_load((ROOT / "config" / name).read_text())
+
+
+@pytest.fixture
+def config():
+    return load("config.yaml")
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "test.yaml"])
+def test_shipped_configs_are_valid(name):
+    cfg = load(name)
+    validate(cfg, schema=SCHEMA)
+    check_config(cfg)
+
+
+def test_schema_fills_defaults(config):
+    del config["activations"]["dtype"]
+    validate(config, schema=SCHEMA)
+    assert config["activations"]["dtype"] == "float32"
+    assert config["datasets"]["repeated_random"].get("spans_per_seq") is None
+
+
+@pytest.mark.parametrize(
+    "mutate, key",
+    [
+        (lambda c: c["models"]["attn_only_2l"]["architecture"].update(d_model=-4), "d_model"),
+        (lambda c: c["models"]["attn_only_2l"]["architecture"].update(d_modle=4), "d_modle"),
+        (lambda c: c["models"].update(bad={"source": "trained"}), "architecture"),
+        (lambda c: c["models"].update(gpt2={"source": "pretrained"}), "name"),
+        (lambda c: c["activations"].update(dtype="float64"), "float64"),
+        (lambda c: c["activations"]["extra_hooks"].update(attn_only_2l=["blocks.0.resid"]), "blocks.0.resid"),
+        (lambda c: c.update(unknown_section={}), "unknown_section"),
+    ],
+)
+def test_schema_rejects_bad_values_naming_them(config, mutate, key):
+    mutate(config)
+    with pytest.raises(Exception, match=key):
+        validate(config, schema=SCHEMA)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda c: c["models"]["attn_only_2l"]["training"].update(dataset="nope"), "models.attn_only_2l.training.dataset: unknown dataset 'nope'"),
+        (lambda c: c["models"]["attn_only_2l"]["architecture"].update(n_ctx=32), "n_ctx=32"),
+        (lambda c: c["models"]["attn_only_2l"]["architecture"].update(d_vocab=100), "d_vocab=100"),
+        (lambda c: c["activations"]["extra_hooks"].update(attn_only_2l=["blocks.7.hook_resid_post"]), "unknown hook name 'blocks.7.hook_resid_post'"),
+        (lambda c: c["activations"]["extra_hooks"].update(attn_only_2l=["blocks.0.mlp.hook_post"]), "blocks.0.mlp.hook_post"),
+        (lambda c: c["activations"]["extra_hooks"].update(ghost=["blocks.0.hook_resid_post"]), "unknown model 'ghost'"),
+        (lambda c: c["experiments"]["induction"].update(models=["attn_only_2l", "missing"]), "unknown model 'missing'"),
+        (lambda c: c["experiments"]["induction"].update(eval_dataset="induction_heldout"), "must be of kind repeated_random"),
+        (lambda c: c["experiments"]["induction"].update(icl_late=64), "icl_late"),
+        (lambda c: c["datasets"]["induction_train"].update(span_len=[4, 40]), "datasets.induction_train.span_len"),
+        (lambda c: c["models"]["attn_only_2l"].update(architecture={**c["models"]["attn_only_2l"]["architecture"], "attn_only": False}), "d_mlp"),
+    ],
+)
+def test_cross_checks_name_the_bad_key(config, mutate, message):
+    bad = copy.deepcopy(config)
+    mutate(bad)
+    validate(bad, schema=SCHEMA)
+    with pytest.raises(ConfigError) as err:
+        check_config(bad)
+    assert message in str(err.value)
+
+
+def test_checkpoint_steps_include_start_and_end():
+    assert checkpoint_steps({"steps": 250, "checkpoint_every": 100}) == [0, 100, 200, 250]
+    assert checkpoint_steps({"steps": 10, "checkpoints": [5]}) == [5]
+
+
+def test_expand_hooks():
+    names = ["blocks.0.attn.hook_pattern", "blocks.1.attn.hook_pattern", "blocks.1.hook_resid_post"]
+    assert expand_hooks(["blocks.*.attn.hook_pattern"], names) == names[:2]
+    with pytest.raises(ValueError, match="matches no hook"):
+        expand_hooks(["blocks.2.*"], names)
