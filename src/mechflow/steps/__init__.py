@@ -1,0 +1,1 @@
+"""Step modules: one per Snakemake rule, each runnable as ``python -m mechflow.steps.<rule>``."""

@@ -1,0 +1,46 @@
+"""Import a pretrained TransformerLens model (e.g. ``gpt2``) from local files into mechflow's layout.
+
+Only the Hugging Face cache or a local ``save_pretrained`` directory is read; nothing is
+downloaded. Without weights the job fails at once with a message saying where to put them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from mechflow.artifacts import git_revision, package_versions
+from mechflow.models.build import load_pretrained, save_model
+from mechflow.runtime import setup_logging
+
+log = logging.getLogger(__name__)
+
+
+def run(name: str, path: str | None, out_dir: Path) -> None:
+    model = load_pretrained(name, path)
+    save_model(
+        model,
+        out_dir,
+        extra={
+            "source": "pretrained",
+            "pretrained": {"name": name, "path": path},
+            "versions": package_versions(),
+            "git_revision": git_revision(),
+        },
+    )
+    log.info("imported %s into %s", name, out_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--name", required=True, help="TransformerLens model name, e.g. gpt2")
+    parser.add_argument("--path", default=None, help="local Hugging Face model directory")
+    parser.add_argument("--out-dir", required=True, type=Path)
+    args = parser.parse_args(argv)
+    setup_logging()
+    run(args.name, args.path, args.out_dir)
+
+
+if __name__ == "__main__":
+    main()

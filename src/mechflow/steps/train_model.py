@@ -1,0 +1,89 @@
+"""Train a HookedTransformer from an architecture and training config on a token dataset.
+
+Writes ``model.safetensors`` + ``config.json`` (architecture, training config, dataset hash,
+versions, git revision), a tidy loss log, and weights at each configured checkpoint step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+from mechflow.artifacts import file_sha256, git_revision, package_versions, write_table
+from mechflow.data.tokens import load_tokens
+from mechflow.models.build import build_model, save_model, save_weights
+from mechflow.models.config import Architecture, TrainingConfig
+from mechflow.models.train import train
+from mechflow.runtime import go_offline, pick_device, seed_everything, set_threads, setup_logging
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:06d}.safetensors"
+
+
+def run(
+    architecture: dict,
+    training: dict,
+    tokens_path: Path,
+    out_dir: Path,
+    device: str = "auto",
+    progress: bool = True,
+) -> None:
+    arch = Architecture.from_dict(architecture)
+    cfg = TrainingConfig.from_dict(training)
+    tokens = load_tokens(tokens_path)
+    if tokens.shape[1] > arch.n_ctx:
+        raise ValueError(f"{tokens_path}: sequences of length {tokens.shape[1]} exceed n_ctx={arch.n_ctx}")
+    if int(tokens.max()) >= arch.d_vocab:
+        raise ValueError(f"{tokens_path}: token id {int(tokens.max())} >= d_vocab={arch.d_vocab}")
+    seed_everything(cfg.seed)
+    model = build_model(arch, seed=cfg.seed).to(pick_device(device))
+    ckpt_dir = out_dir / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+    def on_checkpoint(step, model):
+        save_weights(model, ckpt_dir / checkpoint_name(step))
+
+    start = time.perf_counter()
+    loss_log = train(model, tokens, cfg, on_checkpoint=on_checkpoint, progress=progress)
+    seconds = time.perf_counter() - start
+    write_table(loss_log, out_dir / "train_log.csv")
+    save_model(
+        model,
+        out_dir,
+        extra={
+            "source": "trained",
+            "architecture": arch.to_dict(),
+            "training": json.loads(json.dumps(training)),
+            "dataset": {"path": str(tokens_path), "sha256": file_sha256(tokens_path)},
+            "final_loss": float(loss_log["loss"].iloc[-1]),
+            "train_seconds": round(seconds, 2),
+            "versions": package_versions(),
+            "git_revision": git_revision(),
+        },
+    )
+    log.info("trained %s in %.1f s, final loss %.3f", out_dir.name, seconds, loss_log["loss"].iloc[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--architecture", required=True, help="Architecture as JSON")
+    parser.add_argument("--training", required=True, help="TrainingConfig as JSON")
+    parser.add_argument("--tokens", required=True, type=Path)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out-dir", required=True, type=Path)
+    args = parser.parse_args(argv)
+    setup_logging()
+    go_offline()
+    set_threads(args.threads)
+    run(json.loads(args.architecture), json.loads(args.training), args.tokens, args.out_dir, args.device)
+
+
+if __name__ == "__main__":
+    main()

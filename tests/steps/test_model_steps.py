@@ -1,0 +1,71 @@
+"""make_dataset, train_model and import_pretrained through their main([...])."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mechflow.data.tokens import load_tokens
+from mechflow.models.build import load_model
+from mechflow.models.build import PretrainedUnavailable
+from mechflow.steps import import_pretrained, make_dataset, train_model
+
+ARCH = {"n_layers": 1, "d_model": 16, "n_heads": 2, "d_head": 8, "n_ctx": 24, "d_vocab": 20, "attn_only": True}
+
+
+@pytest.fixture
+def train_tokens(tmp_path):
+    out = tmp_path / "train.npy"
+    spec = {"n_sequences": 40, "seq_len": 24, "d_vocab": 20, "span_len": [3, 6], "spans_per_seq": 1, "seed": 0}
+    make_dataset.main(["--kind", "repeated_spans", "--spec", json.dumps(spec), "--out", str(out)])
+    return out
+
+
+def test_make_dataset_writes_the_requested_shape(train_tokens, tmp_path):
+    assert load_tokens(train_tokens).shape == (40, 24)
+    out = tmp_path / "probe.npy"
+    spec = {"n_sequences": 5, "half_len": 6, "d_vocab": 20, "seed": 1}
+    make_dataset.main(["--kind", "repeated_random", "--spec", json.dumps(spec), "--out", str(out)])
+    assert load_tokens(out).shape == (5, 13)
+
+
+def test_make_dataset_names_bad_parameters(tmp_path):
+    with pytest.raises(ValueError, match="repeated_random"):
+        make_dataset.run("repeated_random", {"n_sequences": 5, "seq_len": 6}, tmp_path / "x.npy")
+    assert not (tmp_path / "x.npy").exists()
+
+
+def test_train_model_writes_model_log_and_checkpoints(train_tokens, tmp_path):
+    out = tmp_path / "model"
+    training = {"steps": 20, "batch_size": 4, "lr": 0.01, "seed": 0, "log_every": 5, "checkpoints": [0, 10, 20]}
+    train_model.main([
+        "--architecture", json.dumps(ARCH), "--training", json.dumps(training),
+        "--tokens", str(train_tokens), "--threads", "1", "--out-dir", str(out),
+    ])
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["architecture"]["n_layers"] == 1 and meta["source"] == "trained"
+    assert len(meta["dataset"]["sha256"]) == 64 and meta["git_revision"]
+    log = pd.read_csv(out / "train_log.csv")
+    assert list(log.columns) == ["step", "loss", "lr"] and log["step"].tolist() == [5, 10, 15, 20]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step_000000.safetensors", "step_000010.safetensors", "step_000020.safetensors"
+    ]
+    final = load_model(out)
+    last = load_model(out, weights=out / "checkpoints/step_000020.safetensors")
+    first = load_model(out, weights=out / "checkpoints/step_000000.safetensors")
+    assert np.allclose(final.W_Q.detach(), last.W_Q.detach())
+    assert not np.allclose(final.W_Q.detach(), first.W_Q.detach())
+
+
+def test_train_model_refuses_tokens_outside_the_vocabulary(train_tokens, tmp_path):
+    arch = {**ARCH, "d_vocab": 10}
+    with pytest.raises(ValueError, match="d_vocab=10"):
+        train_model.run(arch, {"steps": 2, "batch_size": 2}, train_tokens, tmp_path / "m", progress=False)
+    assert not (tmp_path / "m" / "model.safetensors").exists()
+
+
+def test_import_pretrained_fails_clearly_offline(tmp_path):
+    with pytest.raises(PretrainedUnavailable, match="gpt2"):
+        import_pretrained.main(["--name", "gpt2", "--out-dir", str(tmp_path / "gpt2")])
+    assert not (tmp_path / "gpt2" / "model.safetensors").exists()
