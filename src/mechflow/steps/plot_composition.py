@@ -1,0 +1,40 @@
+"""Plot Q-, K- and V-composition scores between heads of earlier and later layers.
+
+Reads ``composition.csv`` (model, kind, layer_from, head_from, layer_to, head_to, score,
+baseline) and writes a PNG plus an SVG with the same stem. A header-only table (a 1-layer model
+has no head pairs) gives a figure saying so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from mechflow.plots.induction import composition_figure
+from mechflow.plots.style import read_figure_table, save_figure, svg_path
+from mechflow.runtime import go_offline, setup_logging
+
+log = logging.getLogger(__name__)
+
+
+def run(table: Path, out: Path, title: str | None = None) -> tuple[Path, Path]:
+    svg_path(out)  # reject a bad --out before reading anything
+    df = read_figure_table(table)
+    fig = composition_figure(df, title=title, source=str(table))
+    return save_figure(fig, out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--table", required=True, type=Path, help="composition.csv")
+    parser.add_argument("--out", required=True, type=Path, help="figure .png (SVG written beside)")
+    parser.add_argument("--title", default=None, help="replaces the default title")
+    args = parser.parse_args(argv)
+    setup_logging()
+    go_offline()
+    run(args.table, args.out, args.title)
+
+
+if __name__ == "__main__":
+    main()
