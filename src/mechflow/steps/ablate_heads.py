@@ -1,0 +1,100 @@
+"""Zero- and mean-ablate every attention head and measure the loss on the repeated half.
+
+Writes ``model, layer, head, ablation, loss, clean_loss, delta`` on ``[BOS] + r + r`` sequences:
+``loss`` is the mean next-token loss over the repeated half with the head's ``hook_z`` set to 0
+(``zero``) or to its per-position mean over the sequences (``mean``); ``delta = loss - clean_loss``.
+All ablations of a batch run in one forward pass over replicated copies of the batch
+(``--ablations-per-pass`` bounds the copies, and so memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from mechflow.analysis.inputs import check_repeated, check_tokens, model_name, read_model_config
+from mechflow.artifacts import write_table
+from mechflow.runtime import go_offline, pick_device, set_threads, setup_logging
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["model", "layer", "head", "ablation", "loss", "clean_loss", "delta"]
+
+
+def run(
+    model_dir: Path,
+    tokens_path: Path,
+    half_len: int,
+    out: Path,
+    batch_size: int = 16,
+    device: str = "auto",
+    ablations_per_pass: int = 0,
+) -> pd.DataFrame:
+    from mechflow.analysis.ablation import head_ablation_losses
+    from mechflow.models.build import load_model
+
+    if ablations_per_pass < 0:
+        raise ValueError(f"--ablations-per-pass must be >= 0, got {ablations_per_pass}")
+    cfg = read_model_config(model_dir)
+    tokens = check_tokens(tokens_path, d_vocab=cfg["d_vocab"], n_ctx=cfg["n_ctx"])
+    check_repeated(tokens, half_len, f"--tokens {tokens_path}")
+    dev = pick_device(device)
+    model = load_model(model_dir, device=dev)
+    clean, losses = head_ablation_losses(
+        model, tokens, half_len, batch_size, dev, ablations_per_pass=ablations_per_pass or None
+    )
+    name = model_name(model_dir)
+    rows = [
+        (name, a.layer, a.head, a.kind, loss, clean, loss - clean) for a, loss in losses.items()
+    ]
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    write_table(df, out)
+    worst = df.sort_values("delta").iloc[-1]
+    log.info(
+        "clean loss %.3f; largest increase %.3f (%s-ablating head %d.%d)",
+        clean,
+        worst["delta"],
+        worst["ablation"],
+        worst["layer"],
+        worst["head"],
+    )
+    return df
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model-dir", required=True, type=Path)
+    parser.add_argument("--tokens", required=True, type=Path, help="[BOS]+r+r .npy")
+    parser.add_argument("--half-len", required=True, type=int, help="len(r)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="sequences per pass (each replicated per ablation)",
+    )
+    parser.add_argument(
+        "--ablations-per-pass", type=int, default=0, help="copies per forward pass; 0 = all"
+    )
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--out", required=True, type=Path, help="head_ablation.csv")
+    args = parser.parse_args(argv)
+    setup_logging()
+    go_offline()
+    set_threads(args.threads)
+    run(
+        args.model_dir,
+        args.tokens,
+        args.half_len,
+        args.out,
+        args.batch_size,
+        args.device,
+        args.ablations_per_pass,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Measure next-token loss at each position of ``[BOS] + r + r`` sequences.
+
+Writes ``model, pos, half, loss``: ``pos`` is the predicted token's position (1..2*half_len),
+``half`` is ``first`` (pos <= half_len) or ``second`` (the repeated half, which induction heads
+predict), ``loss`` the mean over sequences in nats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from mechflow.analysis.inputs import check_repeated, check_tokens, model_name, read_model_config
+from mechflow.artifacts import write_table
+from mechflow.runtime import go_offline, pick_device, set_threads, setup_logging
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["model", "pos", "half", "loss"]
+
+
+def run(
+    model_dir: Path,
+    tokens_path: Path,
+    half_len: int,
+    out: Path,
+    batch_size: int = 64,
+    device: str = "auto",
+) -> pd.DataFrame:
+    from mechflow.analysis.losses import half_losses, loss_by_position
+    from mechflow.models.build import load_model
+
+    cfg = read_model_config(model_dir)
+    tokens = check_tokens(tokens_path, d_vocab=cfg["d_vocab"], n_ctx=cfg["n_ctx"])
+    check_repeated(tokens, half_len, f"--tokens {tokens_path}")
+    dev = pick_device(device)
+    model = load_model(model_dir, device=dev)
+    loss = loss_by_position(model, tokens, batch_size, dev)
+    name = model_name(model_dir)
+    df = pd.DataFrame(
+        {
+            "model": name,
+            "pos": range(1, 2 * half_len + 1),
+            "half": ["first"] * half_len + ["second"] * half_len,
+            "loss": loss.tolist(),
+        },
+        columns=COLUMNS,
+    )
+    write_table(df, out)
+    halves = half_losses(loss, half_len)
+    log.info(
+        "%s: first-half loss %.3f, repeated-half loss %.3f", name, halves["first"], halves["second"]
+    )
+    return df
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model-dir", required=True, type=Path)
+    parser.add_argument("--tokens", required=True, type=Path, help="[BOS]+r+r .npy")
+    parser.add_argument("--half-len", required=True, type=int, help="len(r)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--out", required=True, type=Path, help="loss_by_position.csv")
+    args = parser.parse_args(argv)
+    setup_logging()
+    go_offline()
+    set_threads(args.threads)
+    run(args.model_dir, args.tokens, args.half_len, args.out, args.batch_size, args.device)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Score every attention head as previous-token, duplicate-token and induction head.
+
+Reads the cached ``blocks.{L}.attn.hook_pattern`` of ``[BOS] + r + r`` sequences from an
+activation store (which must come from this model and this token file) and writes a tidy table
+``model, layer, head, score, value`` with score in previous_token / duplicate_token / induction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from mechflow.analysis.attention_scores import SCORES, HeadScoreAccumulator
+from mechflow.analysis.inputs import check_repeated, check_tokens, model_name, read_model_config
+from mechflow.artifacts import file_sha256, write_table
+from mechflow.runtime import go_offline, set_threads, setup_logging
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["model", "layer", "head", "score", "value"]
+
+
+def pattern_hooks(n_layers: int) -> list[str]:
+    return [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layers)]
+
+
+def run(
+    store: Path, model_dir: Path, tokens_path: Path, half_len: int, out: Path, batch_size: int = 64
+) -> pd.DataFrame:
+    from mechflow.models.build import model_fingerprint
+    from mechflow.store.reader import open_store
+
+    cfg = read_model_config(model_dir)
+    tokens = check_tokens(tokens_path, d_vocab=cfg["d_vocab"], n_ctx=cfg["n_ctx"])
+    check_repeated(tokens, half_len, f"--tokens {tokens_path}")
+    hooks = pattern_hooks(cfg["n_layers"])
+    acts = open_store(
+        store,
+        expect={
+            "model_hash": model_fingerprint(model_dir),
+            "dataset_sha256": file_sha256(tokens_path),
+            "hooks": hooks,
+        },
+    )
+    if acts.n_sequences != len(tokens):
+        raise ValueError(
+            f"--store {store}: {acts.n_sequences} sequences, --tokens has {len(tokens)}"
+        )
+    name = model_name(model_dir)
+    rows = []
+    for layer, hook in enumerate(hooks):
+        acc = HeadScoreAccumulator(half_len)
+        for block in acts.iter_batches(hook, batch_size):  # batch head_index query_pos key_pos
+            acc.update(block)
+        result = acc.result()
+        for score in SCORES:
+            for head, value in enumerate(result[score].tolist()):
+                rows.append((name, layer, head, score, value))
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    write_table(df, out)
+    best = df[df.score == "induction"].sort_values("value").iloc[-1]
+    log.info("best induction head %d.%d: %.3f", best["layer"], best["head"], best["value"])
+    return df
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--store", required=True, type=Path, help="activation store (.zarr)")
+    parser.add_argument("--model-dir", required=True, type=Path)
+    parser.add_argument("--tokens", required=True, type=Path, help="the cached [BOS]+r+r .npy")
+    parser.add_argument("--half-len", required=True, type=int, help="len(r)")
+    parser.add_argument("--batch-size", type=int, default=64, help="sequences read at a time")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", required=True, type=Path, help="head_scores.csv")
+    args = parser.parse_args(argv)
+    setup_logging()
+    go_offline()
+    set_threads(args.threads)
+    run(args.store, args.model_dir, args.tokens, args.half_len, args.out, args.batch_size)
+
+
+if __name__ == "__main__":
+    main()

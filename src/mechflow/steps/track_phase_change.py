@@ -1,0 +1,125 @@
+"""Track the induction-head phase change over a model's training checkpoints.
+
+For every ``step_<N>.safetensors`` in ``--checkpoints-dir`` writes ``model, step, metric, value``:
+``induction_score`` (best head in layers >= 1; layer 0 for a one-layer model) and
+``previous_token_score`` (best layer-0 head) from attention on ``--eval-tokens`` ([BOS] + r + r),
+``first_half_loss`` and ``repeated_half_loss`` on the same sequences, and ``icl_score`` (Olsson et
+al. 2022): loss at predicted position ``--icl-late`` minus loss at ``--icl-early`` on
+``--icl-tokens`` (a sample of the training distribution). Olsson et al. compare token 500 with
+token 50 of 512; for 64-token contexts the defaults compare the last position (-1) with position 5,
+about the same fraction of the context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from mechflow.analysis.inputs import check_repeated, check_tokens, model_name, read_model_config
+from mechflow.artifacts import write_table
+from mechflow.runtime import go_offline, pick_device, set_threads, setup_logging
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["model", "step", "metric", "value"]
+DEFAULT_ICL_EARLY = 5
+DEFAULT_ICL_LATE = -1
+
+
+def run(
+    model_dir: Path,
+    checkpoints_dir: Path,
+    eval_tokens_path: Path,
+    icl_tokens_path: Path,
+    half_len: int,
+    out: Path,
+    *,
+    batch_size: int = 64,
+    icl_early: int = DEFAULT_ICL_EARLY,
+    icl_late: int = DEFAULT_ICL_LATE,
+    device: str = "auto",
+) -> pd.DataFrame:
+    from mechflow.analysis.losses import resolve_position
+    from mechflow.analysis.phase_change import METRICS, checkpoint_metrics, list_checkpoints
+    from mechflow.models.build import load_model
+
+    cfg = read_model_config(model_dir)
+    checkpoints = list_checkpoints(checkpoints_dir)
+    fits = {"d_vocab": cfg["d_vocab"], "n_ctx": cfg["n_ctx"]}
+    eval_tokens = check_tokens(eval_tokens_path, **fits, flag="--eval-tokens")
+    check_repeated(eval_tokens, half_len, f"--eval-tokens {eval_tokens_path}")
+    icl_tokens = check_tokens(icl_tokens_path, **fits, flag="--icl-tokens")
+    icl_len = icl_tokens.shape[1]
+    early, late = (resolve_position(p, icl_len) for p in (icl_early, icl_late))
+    if late <= early:
+        raise ValueError(f"--icl-late ({icl_late} -> {late}) must come after --icl-early ({early})")
+    dev = pick_device(device)
+    name = model_name(model_dir)
+    rows = []
+    for step, path in checkpoints:
+        model = load_model(model_dir, weights=path, device=dev)
+        metrics = checkpoint_metrics(
+            model,
+            eval_tokens,
+            icl_tokens,
+            half_len=half_len,
+            batch_size=batch_size,
+            icl_early=early,
+            icl_late=late,
+            device=dev,
+        )
+        rows += [(name, step, metric, metrics[metric]) for metric in METRICS]
+        log.info(
+            "step %d: induction %.3f, repeated-half loss %.3f, icl %.3f",
+            step,
+            metrics["induction_score"],
+            metrics["repeated_half_loss"],
+            metrics["icl_score"],
+        )
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    write_table(df, out)
+    return df
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model-dir", required=True, type=Path)
+    parser.add_argument("--checkpoints-dir", required=True, type=Path)
+    parser.add_argument("--eval-tokens", required=True, type=Path, help="[BOS]+r+r .npy")
+    parser.add_argument(
+        "--icl-tokens", required=True, type=Path, help="training-distribution sample .npy"
+    )
+    parser.add_argument("--half-len", required=True, type=int, help="len(r) of --eval-tokens")
+    parser.add_argument(
+        "--icl-early", type=int, default=DEFAULT_ICL_EARLY, help="predicted position"
+    )
+    parser.add_argument(
+        "--icl-late", type=int, default=DEFAULT_ICL_LATE, help="predicted position; -1 = last"
+    )
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--out", required=True, type=Path, help="phase_change.csv")
+    args = parser.parse_args(argv)
+    setup_logging()
+    go_offline()
+    set_threads(args.threads)
+    run(
+        args.model_dir,
+        args.checkpoints_dir,
+        args.eval_tokens,
+        args.icl_tokens,
+        args.half_len,
+        args.out,
+        batch_size=args.batch_size,
+        icl_early=args.icl_early,
+        icl_late=args.icl_late,
+        device=args.device,
+    )
+
+
+if __name__ == "__main__":
+    main()
