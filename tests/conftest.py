@@ -13,10 +13,12 @@ for _key, _value in OFFLINE_ENV.items():
 
 
 @pytest.fixture(autouse=True)
-def _seed():
-    from mechflow.runtime import seed_everything
+def _seed_and_threads():
+    """Seed everything; one torch thread, since 2 threads stall at OpenMP barriers under load."""
+    from mechflow.runtime import seed_everything, set_threads
 
     seed_everything(0)
+    set_threads(1)
 
 
 @pytest.fixture

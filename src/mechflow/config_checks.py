@@ -102,7 +102,9 @@ def check_config(config: dict[str, Any]) -> None:
         archs[name] = arch
         training = spec["training"]
         if training["dataset"] not in datasets:
-            problems.append(f"models.{name}.training.dataset: unknown dataset {training['dataset']!r}")
+            problems.append(
+                f"models.{name}.training.dataset: unknown dataset {training['dataset']!r}"
+            )
         try:
             TrainingConfig.from_dict(training_config(training))
         except ValueError as err:
@@ -134,7 +136,9 @@ def check_config(config: dict[str, Any]) -> None:
                 problems.append(f"{where}.{key}: unknown dataset {induction[key]!r}")
         eval_ds = datasets.get(induction["eval_dataset"])
         if eval_ds is not None and eval_ds["kind"] != "repeated_random":
-            problems.append(f"{where}.eval_dataset: {induction['eval_dataset']!r} must be of kind repeated_random")
+            problems.append(
+                f"{where}.eval_dataset: {induction['eval_dataset']!r} must be of kind repeated_random"
+            )
         icl_ds = datasets.get(induction["icl_dataset"])
         early, late = induction.get("icl_early", 5), induction.get("icl_late", 60)
         if early >= late:

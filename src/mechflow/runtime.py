@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:

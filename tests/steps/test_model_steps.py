@@ -7,17 +7,31 @@ import pandas as pd
 import pytest
 
 from mechflow.data.tokens import load_tokens
-from mechflow.models.build import load_model
-from mechflow.models.build import PretrainedUnavailable
+from mechflow.models.build import PretrainedUnavailable, load_model
 from mechflow.steps import import_pretrained, make_dataset, train_model
 
-ARCH = {"n_layers": 1, "d_model": 16, "n_heads": 2, "d_head": 8, "n_ctx": 24, "d_vocab": 20, "attn_only": True}
+ARCH = {
+    "n_layers": 1,
+    "d_model": 16,
+    "n_heads": 2,
+    "d_head": 8,
+    "n_ctx": 24,
+    "d_vocab": 20,
+    "attn_only": True,
+}
 
 
 @pytest.fixture
 def train_tokens(tmp_path):
     out = tmp_path / "train.npy"
-    spec = {"n_sequences": 40, "seq_len": 24, "d_vocab": 20, "span_len": [3, 6], "spans_per_seq": 1, "seed": 0}
+    spec = {
+        "n_sequences": 40,
+        "seq_len": 24,
+        "d_vocab": 20,
+        "span_len": [3, 6],
+        "spans_per_seq": 1,
+        "seed": 0,
+    }
     make_dataset.main(["--kind", "repeated_spans", "--spec", json.dumps(spec), "--out", str(out)])
     return out
 
@@ -38,18 +52,37 @@ def test_make_dataset_names_bad_parameters(tmp_path):
 
 def test_train_model_writes_model_log_and_checkpoints(train_tokens, tmp_path):
     out = tmp_path / "model"
-    training = {"steps": 20, "batch_size": 4, "lr": 0.01, "seed": 0, "log_every": 5, "checkpoints": [0, 10, 20]}
-    train_model.main([
-        "--architecture", json.dumps(ARCH), "--training", json.dumps(training),
-        "--tokens", str(train_tokens), "--threads", "1", "--out-dir", str(out),
-    ])
+    training = {
+        "steps": 20,
+        "batch_size": 4,
+        "lr": 0.01,
+        "seed": 0,
+        "log_every": 5,
+        "checkpoints": [0, 10, 20],
+    }
+    train_model.main(
+        [
+            "--architecture",
+            json.dumps(ARCH),
+            "--training",
+            json.dumps(training),
+            "--tokens",
+            str(train_tokens),
+            "--threads",
+            "1",
+            "--out-dir",
+            str(out),
+        ]
+    )
     meta = json.loads((out / "config.json").read_text())
     assert meta["architecture"]["n_layers"] == 1 and meta["source"] == "trained"
     assert len(meta["dataset"]["sha256"]) == 64 and meta["git_revision"]
     log = pd.read_csv(out / "train_log.csv")
     assert list(log.columns) == ["step", "loss", "lr"] and log["step"].tolist() == [5, 10, 15, 20]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
-        "step_000000.safetensors", "step_000010.safetensors", "step_000020.safetensors"
+        "step_000000.safetensors",
+        "step_000010.safetensors",
+        "step_000020.safetensors",
     ]
     final = load_model(out)
     last = load_model(out, weights=out / "checkpoints/step_000020.safetensors")
@@ -61,7 +94,9 @@ def test_train_model_writes_model_log_and_checkpoints(train_tokens, tmp_path):
 def test_train_model_refuses_tokens_outside_the_vocabulary(train_tokens, tmp_path):
     arch = {**ARCH, "d_vocab": 10}
     with pytest.raises(ValueError, match="d_vocab=10"):
-        train_model.run(arch, {"steps": 2, "batch_size": 2}, train_tokens, tmp_path / "m", progress=False)
+        train_model.run(
+            arch, {"steps": 2, "batch_size": 2}, train_tokens, tmp_path / "m", progress=False
+        )
     assert not (tmp_path / "m" / "model.safetensors").exists()
 
 

@@ -44,7 +44,10 @@ def test_schema_fills_defaults(config):
         (lambda c: c["models"].update(bad={"source": "trained"}), "architecture"),
         (lambda c: c["models"].update(gpt2={"source": "pretrained"}), "name"),
         (lambda c: c["activations"].update(dtype="float64"), "float64"),
-        (lambda c: c["activations"]["extra_hooks"].update(attn_only_2l=["blocks.0.resid"]), "blocks.0.resid"),
+        (
+            lambda c: c["activations"]["extra_hooks"].update(attn_only_2l=["blocks.0.resid"]),
+            "blocks.0.resid",
+        ),
         (lambda c: c.update(unknown_section={}), "unknown_section"),
     ],
 )
@@ -57,17 +60,47 @@ def test_schema_rejects_bad_values_naming_them(config, mutate, key):
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda c: c["models"]["attn_only_2l"]["training"].update(dataset="nope"), "models.attn_only_2l.training.dataset: unknown dataset 'nope'"),
+        (
+            lambda c: c["models"]["attn_only_2l"]["training"].update(dataset="nope"),
+            "models.attn_only_2l.training.dataset: unknown dataset 'nope'",
+        ),
         (lambda c: c["models"]["attn_only_2l"]["architecture"].update(n_ctx=32), "n_ctx=32"),
         (lambda c: c["models"]["attn_only_2l"]["architecture"].update(d_vocab=100), "d_vocab=100"),
-        (lambda c: c["activations"]["extra_hooks"].update(attn_only_2l=["blocks.7.hook_resid_post"]), "unknown hook name 'blocks.7.hook_resid_post'"),
-        (lambda c: c["activations"]["extra_hooks"].update(attn_only_2l=["blocks.0.mlp.hook_post"]), "blocks.0.mlp.hook_post"),
-        (lambda c: c["activations"]["extra_hooks"].update(ghost=["blocks.0.hook_resid_post"]), "unknown model 'ghost'"),
-        (lambda c: c["experiments"]["induction"].update(models=["attn_only_2l", "missing"]), "unknown model 'missing'"),
-        (lambda c: c["experiments"]["induction"].update(eval_dataset="induction_heldout"), "must be of kind repeated_random"),
+        (
+            lambda c: c["activations"]["extra_hooks"].update(
+                attn_only_2l=["blocks.7.hook_resid_post"]
+            ),
+            "unknown hook name 'blocks.7.hook_resid_post'",
+        ),
+        (
+            lambda c: c["activations"]["extra_hooks"].update(
+                attn_only_2l=["blocks.0.mlp.hook_post"]
+            ),
+            "blocks.0.mlp.hook_post",
+        ),
+        (
+            lambda c: c["activations"]["extra_hooks"].update(ghost=["blocks.0.hook_resid_post"]),
+            "unknown model 'ghost'",
+        ),
+        (
+            lambda c: c["experiments"]["induction"].update(models=["attn_only_2l", "missing"]),
+            "unknown model 'missing'",
+        ),
+        (
+            lambda c: c["experiments"]["induction"].update(eval_dataset="induction_heldout"),
+            "must be of kind repeated_random",
+        ),
         (lambda c: c["experiments"]["induction"].update(icl_late=64), "icl_late"),
-        (lambda c: c["datasets"]["induction_train"].update(span_len=[4, 40]), "datasets.induction_train.span_len"),
-        (lambda c: c["models"]["attn_only_2l"].update(architecture={**c["models"]["attn_only_2l"]["architecture"], "attn_only": False}), "d_mlp"),
+        (
+            lambda c: c["datasets"]["induction_train"].update(span_len=[4, 40]),
+            "datasets.induction_train.span_len",
+        ),
+        (
+            lambda c: c["models"]["attn_only_2l"].update(
+                architecture={**c["models"]["attn_only_2l"]["architecture"], "attn_only": False}
+            ),
+            "d_mlp",
+        ),
     ],
 )
 def test_cross_checks_name_the_bad_key(config, mutate, message):

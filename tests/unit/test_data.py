@@ -41,7 +41,9 @@ def test_repeated_spans_is_seeded():
 
 def test_repeated_spans_rejects_spans_that_do_not_fit():
     with pytest.raises(ValueError, match="span_len"):
-        repeated_spans(n_sequences=1, seq_len=10, d_vocab=50, span_len=(3, 8), spans_per_seq=1, seed=0)
+        repeated_spans(
+            n_sequences=1, seq_len=10, d_vocab=50, span_len=(3, 8), spans_per_seq=1, seed=0
+        )
 
 
 def test_repeated_random_layout():

@@ -24,7 +24,9 @@ from mechflow.models.config import Architecture, TrainingConfig, hook_names
     ],
 )
 def test_hook_names_match_the_hooks_a_forward_pass_fires(overrides):
-    arch = Architecture(n_layers=2, d_model=16, n_heads=2, d_head=8, n_ctx=12, d_vocab=20, **overrides)
+    arch = Architecture(
+        n_layers=2, d_model=16, n_heads=2, d_head=8, n_ctx=12, d_vocab=20, **overrides
+    )
     model = build_model(arch, seed=0)
     _, cache = model.run_with_cache(torch.zeros(1, 5, dtype=torch.long))
     assert sorted(hook_names(arch)) == sorted(cache.keys())
@@ -32,7 +34,9 @@ def test_hook_names_match_the_hooks_a_forward_pass_fires(overrides):
 
 def test_architecture_rejects_bad_values():
     with pytest.raises(ValueError, match="n_layers"):
-        Architecture(n_layers=0, d_model=16, n_heads=2, d_head=8, n_ctx=12, d_vocab=20, attn_only=True)
+        Architecture(
+            n_layers=0, d_model=16, n_heads=2, d_head=8, n_ctx=12, d_vocab=20, attn_only=True
+        )
     with pytest.raises(ValueError, match="d_mlp"):
         Architecture(n_layers=1, d_model=16, n_heads=2, d_head=8, n_ctx=12, d_vocab=20)
     with pytest.raises(ValueError, match="unknown key"):

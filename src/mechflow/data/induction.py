@@ -28,7 +28,9 @@ def repeated_spans(
     if not 1 <= lo <= hi:
         raise ValueError(f"span_len must satisfy 1 <= min <= max, got {span_len}")
     if 2 * hi + 1 > seq_len:
-        raise ValueError(f"span_len max {hi} too long for seq_len {seq_len} (need 2*max+1 <= seq_len)")
+        raise ValueError(
+            f"span_len max {hi} too long for seq_len {seq_len} (need 2*max+1 <= seq_len)"
+        )
     if d_vocab < 3:
         raise ValueError("d_vocab must be >= 3 (BOS plus at least two tokens)")
     rng = np.random.default_rng(seed)

@@ -21,5 +21,7 @@ def load_tokens(path: str | os.PathLike) -> Int[np.ndarray, "seq pos"]:
     """Memory-mapped, so caching a large dataset never holds it all in RAM."""
     tokens = np.load(path, mmap_mode="r", allow_pickle=False)
     if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
-        raise ValueError(f"{path}: expected a 2-D integer token array, got {tokens.dtype} {tokens.shape}")
+        raise ValueError(
+            f"{path}: expected a 2-D integer token array, got {tokens.dtype} {tokens.shape}"
+        )
     return tokens

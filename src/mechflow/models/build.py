@@ -139,8 +139,10 @@ def load_pretrained(name: str, path: str | None = None) -> HookedTransformer:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            model = _from_local_dir(tl, path) if path else tl.HookedTransformer.from_pretrained(
-                name, device="cpu", local_files_only=True
+            model = (
+                _from_local_dir(tl, path)
+                if path
+                else tl.HookedTransformer.from_pretrained(name, device="cpu", local_files_only=True)
             )
     except (OSError, ValueError) as err:
         raise PretrainedUnavailable(f"{hint} ({type(err).__name__}: {err})") from err
@@ -161,7 +163,11 @@ def _from_local_dir(tl, path: str) -> HookedTransformer:
     model = tl.HookedTransformer(cfg)
     state = loading.get_pretrained_state_dict(path, cfg, hf_model=hf_model)
     model.load_and_process_state_dict(
-        state, fold_ln=True, center_writing_weights=True, center_unembed=True,
-        fold_value_biases=True, refactor_factored_attn_matrices=False,
+        state,
+        fold_ln=True,
+        center_writing_weights=True,
+        center_unembed=True,
+        fold_value_biases=True,
+        refactor_factored_attn_matrices=False,
     )
     return model

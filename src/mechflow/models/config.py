@@ -55,7 +55,9 @@ class Architecture:
         if not self.attn_only and (self.d_mlp is None or self.d_mlp < 1):
             raise ValueError("architecture.d_mlp must be a positive integer unless attn_only")
         if self.normalization_type not in ("LN", "LNPre", None):
-            raise ValueError(f"architecture.normalization_type: bad value {self.normalization_type!r}")
+            raise ValueError(
+                f"architecture.normalization_type: bad value {self.normalization_type!r}"
+            )
         if self.attention_dir not in ("causal", "bidirectional"):
             raise ValueError(f"architecture.attention_dir: bad value {self.attention_dir!r}")
 

@@ -60,7 +60,9 @@ def train(
     if 0 in checkpoints and on_checkpoint is not None:
         on_checkpoint(0, model)
     # disable=None: tqdm hides itself when stderr is not a TTY (Snakemake logs stay clean)
-    bar = tqdm(range(1, cfg.steps + 1), desc="train", disable=None if progress else True, mininterval=2)
+    bar = tqdm(
+        range(1, cfg.steps + 1), desc="train", disable=None if progress else True, mininterval=2
+    )
     for step in bar:
         batch = data[order[step - 1]].to(device)  # batch pos
         loss = model(batch, return_type="loss")

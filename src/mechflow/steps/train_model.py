@@ -38,7 +38,9 @@ def run(
     cfg = TrainingConfig.from_dict(training)
     tokens = load_tokens(tokens_path)
     if tokens.shape[1] > arch.n_ctx:
-        raise ValueError(f"{tokens_path}: sequences of length {tokens.shape[1]} exceed n_ctx={arch.n_ctx}")
+        raise ValueError(
+            f"{tokens_path}: sequences of length {tokens.shape[1]} exceed n_ctx={arch.n_ctx}"
+        )
     if int(tokens.max()) >= arch.d_vocab:
         raise ValueError(f"{tokens_path}: token id {int(tokens.max())} >= d_vocab={arch.d_vocab}")
     seed_everything(cfg.seed)
@@ -67,7 +69,9 @@ def run(
             "git_revision": git_revision(),
         },
     )
-    log.info("trained %s in %.1f s, final loss %.3f", out_dir.name, seconds, loss_log["loss"].iloc[-1])
+    log.info(
+        "trained %s in %.1f s, final loss %.3f", out_dir.name, seconds, loss_log["loss"].iloc[-1]
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,7 +86,13 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     go_offline()
     set_threads(args.threads)
-    run(json.loads(args.architecture), json.loads(args.training), args.tokens, args.out_dir, args.device)
+    run(
+        json.loads(args.architecture),
+        json.loads(args.training),
+        args.tokens,
+        args.out_dir,
+        args.device,
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,34 @@
+# mechflow: mechanistic-interpretability papers, end to end.
+#
+# Results path scheme (everything under results/ is produced by this workflow):
+#   results/datasets/{dataset}.npy                       token datasets (seq x pos, int32)
+#   results/models/{model}/model.safetensors, config.json trained or imported models
+#   results/models/{model}/train_log.csv, checkpoints/    loss log and weights over training
+#   results/activations/{model}/{dataset}.zarr            zarr v3 activation stores, one array per hook
+#   results/{experiment}/{model}/{analysis}.csv           tidy analysis tables
+#   results/figures/{experiment}/{model}/{figure}.png|svg figures (the report gathers the PNGs)
+#   logs/{rule}/...  benchmarks/{rule}/...                per-job logs and timings
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/datasets.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/activations.smk"
+include: "workflow/rules/induction.smk"
+include: "workflow/rules/figures.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        get_all_targets(),

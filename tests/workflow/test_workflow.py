@@ -1,0 +1,194 @@
+"""The real workflow: lint, dry runs, a bad config, and a tiny end-to-end run with science checks.
+
+The end-to-end run trains real models on config/test.yaml, so its checks are scientific: a broken
+data generator, trainer, cache, score or ablation fails them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def copy_workflow(dest: Path) -> Path:
+    """A private copy of the workflow (not results/) so tests never touch the user's outputs."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "Snakefile", dest)
+    shutil.copy(ROOT / "environment.yml", dest)
+    shutil.copytree(
+        ROOT / "workflow", dest / "workflow", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copytree(ROOT / "config", dest / "config")
+    return dest
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1500):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run(
+        [*SNAKEMAKE, *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+@pytest.fixture(scope="module")
+def workflow_copy(tmp_path_factory):
+    return copy_workflow(tmp_path_factory.mktemp("wf"))
+
+
+def test_lint_is_clean(workflow_copy):
+    proc = snakemake(workflow_copy, "--lint")
+    assert "Congratulations" in proc.stdout + proc.stderr
+
+
+def test_dry_run_of_the_default_config_plans_every_figure(workflow_copy):
+    out = snakemake(workflow_copy, "-n", "--quiet", "rules").stdout
+    counts = {
+        line.split()[0]: int(line.split()[1])
+        for line in out.splitlines()
+        if len(line.split()) == 2 and line.split()[1].isdigit()
+    }
+    assert counts["train_model"] == 2
+    assert counts["cache_activations"] == 2
+    assert counts["plot_composition"] == 1  # only the 2-layer model has composition
+    assert counts["plot_phase_change"] == 2
+
+
+def test_bad_config_stops_before_any_job_naming_the_key(workflow_copy, tmp_path):
+    cfg = yaml.safe_load((workflow_copy / "config/test.yaml").read_text())
+    cfg["activations"]["extra_hooks"]["attn_only_2l"] = ["blocks.5.hook_resid_post"]
+    cfg["models"]["attn_only_1l"]["architecture"]["n_ctx"] = 16
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    proc = snakemake(workflow_copy, "--cores", "1", "--configfile", str(bad), check=False)
+    assert proc.returncode != 0
+    message = proc.stdout + proc.stderr
+    assert "blocks.5.hook_resid_post" in message
+    assert "models.attn_only_1l.architecture.n_ctx=16" in message
+    assert not (workflow_copy / "results").exists()
+
+
+def test_schema_error_names_the_key(workflow_copy, tmp_path):
+    cfg = yaml.safe_load((workflow_copy / "config/test.yaml").read_text())
+    cfg["models"]["attn_only_2l"]["training"]["steps"] = -5
+    bad = tmp_path / "bad_schema.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    proc = snakemake(workflow_copy, "-n", "--configfile", str(bad), check=False)
+    assert proc.returncode != 0
+    assert "-5" in proc.stdout + proc.stderr and "steps" in proc.stdout + proc.stderr
+
+
+# --- the real tiny end-to-end run ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = copy_workflow(tmp_path_factory.mktemp("e2e"))
+    snakemake(workdir, "--cores", "2", "--configfile", "config/test.yaml")
+    return workdir
+
+
+def table(run: Path, model: str, name: str) -> pd.DataFrame:
+    return pd.read_csv(run / "results/induction" / model / f"{name}.csv")
+
+
+@pytest.mark.slow
+def test_every_figure_is_built_and_a_second_run_does_nothing(tiny_run):
+    figures = sorted(
+        p.relative_to(tiny_run / "results/figures").as_posix()
+        for p in (tiny_run / "results/figures").rglob("*.png")
+    )
+    assert len(figures) == 11, figures
+    for png in (tiny_run / "results/figures").rglob("*.png"):
+        assert png.stat().st_size > 10_000 and png.with_suffix(".svg").stat().st_size > 10_000
+    proc = snakemake(tiny_run, "-n", "--configfile", "config/test.yaml")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_report_gathers_the_figures(tiny_run):
+    snakemake(tiny_run, "--configfile", "config/test.yaml", "--report", "report.html")
+    html = (tiny_run / "report.html").read_text(errors="replace")
+    assert "head_scores.png" in html and "phase_change.png" in html
+
+
+@pytest.mark.slow
+def test_induction_heads_form_in_layer_1_with_a_previous_token_head_in_layer_0(tiny_run):
+    scores = table(tiny_run, "attn_only_2l", "head_scores")
+    induction = scores[scores.score == "induction"]
+    previous = scores[scores.score == "previous_token"]
+    assert induction[induction.layer == 1].value.max() > 0.4
+    assert induction[induction.layer == 0].value.max() < 0.2
+    assert previous[previous.layer == 0].value.max() > 0.3
+
+
+@pytest.mark.slow
+def test_one_layer_model_has_no_induction_head(tiny_run):
+    scores = table(tiny_run, "attn_only_1l", "head_scores")
+    assert scores[scores.score == "induction"].value.max() < 0.2
+
+
+@pytest.mark.slow
+def test_the_repeated_half_is_predicted(tiny_run):
+    loss = table(tiny_run, "attn_only_2l", "loss_by_position")
+    first = loss[loss.half == "first"].loss.mean()
+    second = loss[loss.half == "second"].loss.mean()
+    assert first > 4.0  # ~ln(127): random tokens are unpredictable
+    assert second < 0.5 * first
+    one_layer = table(tiny_run, "attn_only_1l", "loss_by_position")
+    assert one_layer[one_layer.half == "second"].loss.mean() > 0.8 * first
+
+
+@pytest.mark.slow
+def test_ablating_the_best_induction_head_hurts(tiny_run):
+    scores = table(tiny_run, "attn_only_2l", "head_scores")
+    ind = scores[(scores.score == "induction")].sort_values("value").iloc[-1]
+    ablation = table(tiny_run, "attn_only_2l", "head_ablation")
+    row = ablation[
+        (ablation.layer == ind.layer)
+        & (ablation.head == ind["head"])
+        & (ablation.ablation == "zero")
+    ]
+    assert float(row.delta.iloc[0]) > 0.1
+    # Ablating the layer-0 previous-token heads hurts too: induction needs K-composition with them.
+    layer0 = ablation[(ablation.layer == 0) & (ablation.ablation == "mean")]
+    assert layer0.delta.max() > 0.1
+
+
+@pytest.mark.slow
+def test_k_composition_beats_the_random_baseline(tiny_run):
+    comp = table(tiny_run, "attn_only_2l", "composition")
+    k = comp[comp.kind == "K"]
+    assert k.score.max() > 2 * k.baseline.iloc[0]
+
+
+@pytest.mark.slow
+def test_phase_change_is_visible_across_checkpoints(tiny_run):
+    phase = table(tiny_run, "attn_only_2l", "phase_change")
+    ind = phase[phase.metric == "induction_score"].sort_values("step")
+    assert ind.value.iloc[0] < 0.1 and ind.value.iloc[-1] > 0.4
+    icl = phase[phase.metric == "icl_score"].sort_values("step")
+    assert icl.value.iloc[-1] < icl.value.iloc[0] - 0.3
+
+
+@pytest.mark.slow
+def test_activation_store_is_complete_with_provenance(tiny_run):
+    from mechflow.store.reader import open_store
+
+    store = open_store(tiny_run / "results/activations/attn_only_2l/repeated_random.zarr")
+    assert "blocks.1.hook_resid_post" in store.hooks and "blocks.1.attn.hook_pattern" in store.hooks
+    assert store.n_sequences == 64
+    assert store.provenance["model_hash"]

@@ -1,0 +1,28 @@
+rule cache_activations:
+    input:
+        weights=f"{RESULTS}/models/{{model}}/model.safetensors",
+        config=f"{RESULTS}/models/{{model}}/config.json",
+        tokens=f"{RESULTS}/datasets/{{dataset}}.npy",
+    output:
+        directory(f"{RESULTS}/activations/{{model}}/{{dataset}}.zarr"),
+    params:
+        model_dir=subpath(input.weights, parent=True),
+        hooks=get_cache_hook_flags,
+        dtype=ACTIVATIONS.get("dtype", "float32"),
+        compression=ACTIVATIONS.get("compression", "zstd"),
+        batch_size=ACTIVATIONS.get("batch_size", 64),
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/cache_activations/{model}/{dataset}.log",
+    benchmark:
+        "benchmarks/cache_activations/{model}/{dataset}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "python -m mechflow.steps.cache_activations --model-dir {params.model_dir:q}"
+        " --tokens {input.tokens:q} {params.hooks} --dtype {params.dtype}"
+        " --compression {params.compression} --batch-size {params.batch_size}"
+        " --threads {threads} --out {output:q} > {log:q} 2>&1"

@@ -1,0 +1,160 @@
+# Config validation, derived lists, wildcard constraints and every input/params function.
+import json
+import re
+
+from snakemake.utils import validate
+
+from mechflow.config_checks import (
+    architecture_of,
+    check_config,
+    expand_hooks,
+    training_config,
+)
+from mechflow.models.config import hook_names
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+check_config(config)
+
+
+RESULTS = "results"
+DATASETS = list(config["datasets"])
+MODELS = list(config["models"])
+TRAINED_MODELS = [m for m in MODELS if config["models"][m]["source"] == "trained"]
+PRETRAINED_MODELS = [m for m in MODELS if config["models"][m]["source"] == "pretrained"]
+INDUCTION = config["experiments"].get("induction")
+INDUCTION_MODELS = INDUCTION["models"] if INDUCTION else []
+
+
+def alternation(names):
+    """A regex matching exactly these names (or nothing when there are none)."""
+    return "|".join(re.escape(n) for n in names) if names else "(?!)"
+
+
+wildcard_constraints:
+    dataset=alternation(DATASETS),
+    model=alternation(MODELS),
+
+
+# --- datasets ---------------------------------------------------------------------------------
+def get_dataset_kind(wildcards):
+    return config["datasets"][wildcards.dataset]["kind"]
+
+
+def get_dataset_spec(wildcards):
+    spec = {k: v for k, v in config["datasets"][wildcards.dataset].items() if k != "kind"}
+    return json.dumps(spec, sort_keys=True)
+
+
+def dataset_path(name):
+    return f"{RESULTS}/datasets/{name}.npy"
+
+
+# --- models -----------------------------------------------------------------------------------
+def get_training_dataset(wildcards):
+    return dataset_path(config["models"][wildcards.model]["training"]["dataset"])
+
+
+def get_architecture(wildcards):
+    return json.dumps(architecture_of(config["models"][wildcards.model]).to_dict(), sort_keys=True)
+
+
+def get_training(wildcards):
+    return json.dumps(training_config(config["models"][wildcards.model]["training"]), sort_keys=True)
+
+
+def get_pretrained_name(wildcards):
+    return config["models"][wildcards.model]["name"]
+
+
+def get_pretrained_path_flag(wildcards):
+    path = config["models"][wildcards.model].get("path")
+    return f"--path {path!r}" if path else ""
+
+
+def model_dir(name):
+    return f"{RESULTS}/models/{name}"
+
+
+def n_layers(model):
+    """Layers of a model when known before it exists (trained models); None for pretrained."""
+    arch = architecture_of(config["models"][model])
+    return arch.n_layers if arch else None
+
+
+# --- activations ------------------------------------------------------------------------------
+ACTIVATIONS = config.get("activations", {})
+PATTERN_HOOKS = "blocks.*.attn.hook_pattern"
+
+
+def cache_hooks(model, dataset):
+    """Hooks to cache: those the experiments read, plus the configured extras for the model."""
+    patterns = []
+    if INDUCTION and model in INDUCTION_MODELS and dataset == INDUCTION["eval_dataset"]:
+        patterns.append(PATTERN_HOOKS)
+    patterns += ACTIVATIONS.get("extra_hooks", {}).get(model, [])
+    arch = architecture_of(config["models"][model])
+    return expand_hooks(patterns, hook_names(arch)) if arch else patterns
+
+
+def get_cache_hook_flags(wildcards):
+    return " ".join(f"--hook {h}" for h in cache_hooks(wildcards.model, wildcards.dataset))
+
+
+def activation_store(model, dataset):
+    return f"{RESULTS}/activations/{model}/{dataset}.zarr"
+
+
+# --- induction experiment ---------------------------------------------------------------------
+def induction_setting(key, default=None):
+    return INDUCTION.get(key, default)
+
+
+def get_eval_tokens(wildcards):
+    return dataset_path(INDUCTION["eval_dataset"])
+
+
+def get_icl_tokens(wildcards):
+    return dataset_path(INDUCTION["icl_dataset"])
+
+
+def get_eval_store(wildcards):
+    return activation_store(wildcards.model, INDUCTION["eval_dataset"])
+
+
+def get_half_len(wildcards):
+    return config["datasets"][INDUCTION["eval_dataset"]]["half_len"]
+
+
+INDUCTION_FIGURES = [
+    "head_scores",
+    "loss_by_position",
+    "head_ablation",
+    "composition",
+    "copying",
+    "phase_change",
+]
+
+
+def induction_figures(model):
+    figures = list(INDUCTION_FIGURES)
+    if model in PRETRAINED_MODELS:
+        figures.remove("phase_change")  # no checkpoints of a pretrained model
+    if n_layers(model) == 1:
+        figures.remove("composition")  # composition needs two layers
+    return figures
+
+
+def get_all_targets(wildcards=None):
+    targets = []
+    for model in INDUCTION_MODELS:
+        for figure in induction_figures(model):
+            targets.append(f"{RESULTS}/figures/induction/{model}/{figure}.png")
+    for model, hooks in ACTIVATIONS.get("extra_hooks", {}).items():
+        if hooks and INDUCTION:
+            targets.append(activation_store(model, INDUCTION["eval_dataset"]))
+    return targets
+
+
+def get_eval_vocab(wildcards):
+    return config["datasets"][INDUCTION["eval_dataset"]]["d_vocab"]

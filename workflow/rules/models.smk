@@ -1,0 +1,50 @@
+rule train_model:
+    input:
+        tokens=get_training_dataset,
+    output:
+        weights=f"{RESULTS}/models/{{model}}/model.safetensors",
+        config=f"{RESULTS}/models/{{model}}/config.json",
+        loss_log=f"{RESULTS}/models/{{model}}/train_log.csv",
+        checkpoints=directory(f"{RESULTS}/models/{{model}}/checkpoints"),
+    wildcard_constraints:
+        model=alternation(TRAINED_MODELS),
+    params:
+        architecture=get_architecture,
+        training=get_training,
+        out_dir=subpath(output.weights, parent=True),
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/train_model/{model}.log",
+    benchmark:
+        "benchmarks/train_model/{model}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "python -m mechflow.steps.train_model --architecture {params.architecture:q}"
+        " --training {params.training:q} --tokens {input.tokens:q} --threads {threads}"
+        " --out-dir {params.out_dir:q} > {log:q} 2>&1"
+
+
+rule import_pretrained:
+    output:
+        weights=f"{RESULTS}/models/{{model}}/model.safetensors",
+        config=f"{RESULTS}/models/{{model}}/config.json",
+    wildcard_constraints:
+        model=alternation(PRETRAINED_MODELS),
+    params:
+        name=get_pretrained_name,
+        path_flag=get_pretrained_path_flag,
+        out_dir=subpath(output.weights, parent=True),
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/import_pretrained/{model}.log",
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    shell:
+        "python -m mechflow.steps.import_pretrained --name {params.name:q} {params.path_flag}"
+        " --out-dir {params.out_dir:q} > {log:q} 2>&1"
