@@ -1,0 +1,331 @@
+"""Caching throughput and memory: is writing activations (nearly) free next to the forward pass?
+
+Side by side, in one process, on the same batches: tokens/s of a bare forward pass and of
+``mechflow.store.write_activation_store`` (the writer the ``cache_activations`` step runs)
+caching ``hook_resid_post`` of every layer into a zarr v3 store, for fp32 and fp16 stores. The
+writer stops after the last hooked block (TL 3 ``stop_at_layer``), so the baseline is the bare
+forward with ``stop_at_layer=n_layers``; the full forward (with the unembed) is shown too.
+Then peak RSS of caching N and 10*N sequences, each in a fresh subprocess.
+
+Scenarios: ``gpt2`` (GPT-2-small architecture, random init: the model dominates on CPU) and
+``small`` (2 layers, d_model 128, vocab 1k: ~46 MB/s of activations on CPU, so the write path
+matters). Not a test: prints a table. See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+
+from mechflow.artifacts import file_sha256
+from mechflow.data.tokens import load_tokens, save_tokens
+from mechflow.models.build import build_model
+from mechflow.models.config import Architecture
+from mechflow.runtime import go_offline, pick_device, set_threads
+from mechflow.store import write_activation_store
+
+SCENARIOS = {
+    "gpt2": Architecture(
+        n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, n_ctx=1024,
+        d_vocab=50257, act_fn="gelu_new",
+    ),
+    "small": Architecture(
+        n_layers=2, d_model=128, n_heads=4, d_head=32, d_mlp=512, n_ctx=1024,
+        d_vocab=1000, act_fn="gelu_new",
+    ),
+}  # fmt: skip
+# Default batches per timed run and N for the RSS runs (10*N is the large one), per scenario:
+# GPT-2 small on 2 CPU threads is ~300 tokens/s, the small model ~45k tokens/s.
+BASELINE = "bare forward, stop_at_layer [baseline]"
+DEFAULT_BATCHES = {"gpt2": 4, "small": 100}
+DEFAULT_RSS_BATCHES = {"gpt2": 2, "small": 20}
+
+
+def resid_hooks(arch: Architecture) -> list[str]:
+    return [f"blocks.{layer}.hook_resid_post" for layer in range(arch.n_layers)]
+
+
+def make_tokens(path: Path, n_seq: int, n_pos: int, d_vocab: int, seed: int = 0) -> np.ndarray:
+    """Saved and memory-mapped, as the step reads them."""
+    rng = np.random.default_rng(seed)
+    save_tokens(rng.integers(0, d_vocab, size=(n_seq, n_pos), dtype=np.int32), path)
+    return load_tokens(path)
+
+
+def make_model(arch: Architecture, device: torch.device):
+    model = build_model(arch, seed=0)
+    return model.to(device, print_details=False).eval()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bare_forward(model, tokens, batch_size: int, device: torch.device, stop_at_layer) -> None:
+    with torch.inference_mode():
+        for start in range(0, tokens.shape[0], batch_size):
+            batch = torch.from_numpy(np.array(tokens[start : start + batch_size])).to(device).long()
+            model(batch, stop_at_layer=stop_at_layer)
+    sync(device)
+
+
+def cache(model, tokens, out: Path, hooks, batch_size: int, dtype: str, compression: str) -> None:
+    provenance = {
+        "model": "benchmark", "model_hash": f"random-init-{id(model)}",
+        "dataset": str(tokens.filename), "dataset_sha256": file_sha256(tokens.filename),
+    }  # fmt: skip
+    write_activation_store(
+        model, tokens, out, hooks, batch_size=batch_size, dtype=dtype,
+        compression=compression, provenance=provenance, progress=False,
+    )  # fmt: skip
+
+
+def throughput(args, name: str, workdir: Path) -> list[dict]:
+    arch = SCENARIOS[name]
+    device = pick_device(args.device)
+    batches = args.batches or DEFAULT_BATCHES[name]
+    model = make_model(arch, device)
+    hooks = resid_hooks(arch)
+    tokens = make_tokens(workdir / f"{name}.npy", batches * args.batch_size, args.pos, arch.d_vocab)
+    n_tokens = tokens.size
+    variants = {
+        "bare forward, full (with unembed)": lambda out: bare_forward(
+            model, tokens, args.batch_size, device, None
+        ),
+        BASELINE: lambda out: bare_forward(model, tokens, args.batch_size, device, arch.n_layers),
+        "cache_activations fp32": lambda out: cache(
+            model, tokens, out, hooks, args.batch_size, "float32", args.compression
+        ),
+        "cache_activations fp16": lambda out: cache(
+            model, tokens, out, hooks, args.batch_size, "float16", args.compression
+        ),
+    }
+    # warm-up: allocator, kernels, zarr's event loop
+    warm = make_tokens(workdir / "warm.npy", args.batch_size, args.pos, arch.d_vocab)
+    bare_forward(model, warm, args.batch_size, device, arch.n_layers)
+    cache(model, warm, workdir / "warm.zarr", hooks, args.batch_size, "float32", args.compression)
+    shutil.rmtree(workdir / "warm.zarr")
+
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    labels = list(variants)
+    for repeat in range(args.repeats):
+        # interleaved and rotated, so drifting machine load hits every variant alike
+        for label in labels[repeat % len(labels) :] + labels[: repeat % len(labels)]:
+            out = workdir / f"{name}_{repeat}.zarr"
+            t0 = time.perf_counter()
+            variants[label](out)
+            times[label].append(time.perf_counter() - t0)
+            shutil.rmtree(out, ignore_errors=True)
+
+    base = times[BASELINE]
+    rows = []
+    for label, ts in times.items():
+        median = statistics.median(ts)
+        mb = 0.0
+        if label.startswith("cache"):
+            itemsize = 4 if "fp32" in label else 2
+            mb = n_tokens * arch.n_layers * arch.d_model * itemsize / 1e6
+        rows.append({
+            "scenario": name, "variant": label, "tokens": n_tokens,
+            "tokens_per_s": n_tokens / median, "best_tokens_per_s": n_tokens / min(ts),
+            "act_mb_per_s": mb / median,
+            # per repeat, against the baseline run beside it: robust to slow drifts in load
+            "ratio_vs_baseline": statistics.median(b / t for b, t in zip(base, ts, strict=True)),
+        })  # fmt: skip
+    return rows
+
+
+def process_peak_rss_mb() -> float:
+    """This process's peak RSS. ``VmHWM`` where Linux has it: ``ru_maxrss`` survives exec, so a
+    child spawned by a parent holding GPT-2 would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_child(args) -> None:
+    """Runs in a subprocess: cache ``--batches`` batches and report memory as JSON."""
+    arch = SCENARIOS[args.scenario]
+    device = pick_device(args.device)
+    workdir = Path(tempfile.mkdtemp(dir=args.tmpdir))
+    try:
+        model = make_model(arch, device)
+        tokens = make_tokens(
+            workdir / "t.npy", args.batches * args.batch_size, args.pos, arch.d_vocab
+        )
+        proc = psutil.Process()
+        before = proc.memory_info().rss
+        peak = [before]
+        done = threading.Event()
+
+        def sample():
+            while not done.wait(0.005):
+                peak[0] = max(peak[0], proc.memory_info().rss)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        cache(
+            model,
+            tokens,
+            workdir / "s.zarr",
+            resid_hooks(arch),
+            args.batch_size,
+            "float32",
+            args.compression,
+        )
+        done.set()
+        sampler.join()
+        print(json.dumps({
+            "peak_rss_mb": process_peak_rss_mb(),
+            "rss_before_caching_mb": before / 2**20,
+            "peak_rss_caching_mb": peak[0] / 2**20,
+        }))  # fmt: skip
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def peak_rss(args, name: str) -> list[dict]:
+    n = args.rss_batches or DEFAULT_RSS_BATCHES[name]
+    rows = []
+    for batches in (n, 10 * n):
+        cmd = [
+            sys.executable, __file__, "--rss-child", "--scenario", name,
+            "--batches", str(batches), "--batch-size", str(args.batch_size), "--pos", str(args.pos),
+            "--threads", str(args.threads), "--device", args.device,
+            "--compression", args.compression,
+        ]  # fmt: skip
+        if args.tmpdir is not None:
+            cmd += ["--tmpdir", str(args.tmpdir)]
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"RSS child failed:\n{result.stderr}")
+        stats = json.loads(result.stdout.strip().splitlines()[-1])
+        rows.append(
+            {
+                "scenario": name,
+                "batches": batches,
+                "tokens": batches * args.batch_size * args.pos,
+                **stats,
+            }
+        )
+    return rows
+
+
+def print_table(rows: list[dict], columns: dict[str, str]) -> None:
+    widths = {c: max(len(h), *(len(fmt_cell(r[c])) for r in rows)) for c, h in columns.items()}
+    print("  ".join(h.ljust(widths[c]) for c, h in columns.items()))
+    for row in rows:
+        print("  ".join(fmt_cell(row[c]).ljust(widths[c]) for c in columns))
+
+
+def fmt_cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}" if value < 10 else f"{value:,.0f}"
+    return str(value)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--scenario", choices=[*SCENARIOS, "both"], default="both")
+    parser.add_argument("--small", action="store_true", help="only the small-model scenario")
+    parser.add_argument(
+        "--batches",
+        type=int,
+        default=None,
+        help=f"batches per timed run (default {DEFAULT_BATCHES})",
+    )
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--pos", type=int, default=128, help="tokens per sequence")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed runs per variant (median reported)"
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--compression", default="none", choices=("none", "zstd", "blosc"))
+    parser.add_argument(
+        "--rss-batches",
+        type=int,
+        default=None,
+        help=f"N for the RSS runs (default {DEFAULT_RSS_BATCHES})",
+    )
+    parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
+    parser.add_argument(
+        "--tmpdir", type=Path, default=None, help="where stores are written (default: system temp)"
+    )
+    parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    go_offline()
+    set_threads(args.threads)
+    if args.rss_child:
+        rss_child(args)
+        return
+    names = (
+        ["small"] if args.small else list(SCENARIOS) if args.scenario == "both" else [args.scenario]
+    )
+    device = pick_device(args.device)
+    print(f"device {device}, torch threads {torch.get_num_threads()}, batch {args.batch_size} x {args.pos} tokens, "
+          f"compression {args.compression}, cpu count {os.cpu_count()}")  # fmt: skip
+    tp_rows, rss_rows = [], []
+    with tempfile.TemporaryDirectory(dir=args.tmpdir) as tmp:
+        for name in names:
+            if not args.no_rss:  # first, before this process holds a model
+                print(f"measuring RSS of {name} ...", flush=True)
+                rss_rows += peak_rss(args, name)
+        for name in names:
+            print(f"timing {name} ...", flush=True)
+            tp_rows += throughput(args, name, Path(tmp))
+    print(
+        "\nThroughput (median of repeats; ratio = median over repeats of baseline time / variant time):"
+    )
+    print_table(tp_rows, {
+        "scenario": "scenario", "variant": "variant", "tokens": "tokens", "tokens_per_s": "tokens/s",
+        "best_tokens_per_s": "best tokens/s", "act_mb_per_s": "activations MB/s",
+        "ratio_vs_baseline": "ratio",
+    })  # fmt: skip
+    if rss_rows:
+        print("\nRSS of caching N and 10*N batches (fresh subprocess each, fp32 store):")
+        print_table(rss_rows, {
+            "scenario": "scenario", "batches": "batches", "tokens": "tokens",
+            "peak_rss_mb": "process peak MB", "rss_before_caching_mb": "before caching MB",
+            "peak_rss_caching_mb": "peak while caching MB",
+        })  # fmt: skip
+        for name in names:
+            small, large = [r for r in rss_rows if r["scenario"] == name]
+            for key, label in (
+                ("peak_rss_mb", "process peak"),
+                ("peak_rss_caching_mb", "peak while caching"),
+            ):
+                print(
+                    f"{name}: {label} RSS ratio 10N/N = {large[key] / small[key]:.3f} (target <= 1.2)"
+                )
+    for name in names:
+        for row in tp_rows:
+            if row["scenario"] == name and row["variant"].startswith("cache"):
+                print(
+                    f"{name}: {row['variant']} / bare stop_at_layer = {row['ratio_vs_baseline']:.3f} (target >= 0.95)"
+                )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Run a model once over a token dataset and cache the requested hooks into one zarr v3 store.
+
+The store (a directory) holds one array per full TransformerLens hook name plus ``tokens``, and
+provenance in its attrs; ``complete: true`` is written last. Rerunning after a kill resumes an
+incomplete store with matching provenance; a complete matching store is left as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from mechflow.artifacts import file_sha256
+from mechflow.models.config import HOOK_NAME_PATTERN
+from mechflow.runtime import go_offline, pick_device, seed_everything, set_threads, setup_logging
+from mechflow.store.writer import COMPRESSIONS, DTYPES
+
+log = logging.getLogger(__name__)
+
+
+def run(
+    model_dir: Path,
+    tokens_path: Path,
+    hooks: list[str],
+    out: Path,
+    *,
+    dtype: str = "float32",
+    compression: str = "none",
+    batch_size: int = 32,
+    chunk_size: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+) -> Path:
+    from mechflow.data.tokens import load_tokens
+    from mechflow.models.build import load_model, model_fingerprint
+    from mechflow.store.writer import write_activation_store
+
+    bad = [h for h in hooks if not HOOK_NAME_PATTERN.match(h)]
+    if bad:
+        raise ValueError(
+            f"--hook {bad}: not full TransformerLens hook names (e.g. blocks.0.hook_resid_post)"
+        )
+    if not tokens_path.is_file():
+        raise FileNotFoundError(f"--tokens: no such file: {tokens_path}")
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"--model-dir: no such directory: {model_dir}")
+    seed_everything(seed)
+    tokens = load_tokens(tokens_path)
+    provenance = {
+        "model": model_dir.name,
+        "model_dir": str(model_dir),
+        "model_hash": model_fingerprint(model_dir),
+        "dataset": str(tokens_path),
+        "dataset_sha256": file_sha256(tokens_path),
+        "seed": seed,
+    }
+    model = load_model(model_dir, device=pick_device(device))
+    return write_activation_store(
+        model,
+        tokens,
+        out,
+        hooks,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+        dtype=dtype,
+        compression=compression,
+        provenance=provenance,
+        progress=progress,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model-dir", required=True, type=Path)
+    parser.add_argument("--tokens", required=True, type=Path, help="(seq, pos) int .npy")
+    parser.add_argument(
+        "--hook", required=True, action="append", dest="hooks", help="full hook name; repeatable"
+    )
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    parser.add_argument("--compression", default="none", choices=COMPRESSIONS)
+    parser.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass")
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="sequences per zarr chunk, a multiple of --batch-size (default: ~16 MiB chunks)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--out", required=True, type=Path, help="the .zarr store directory")
+    args = parser.parse_args(argv)
+    setup_logging()
+    go_offline()
+    set_threads(args.threads)
+    run(
+        args.model_dir,
+        args.tokens,
+        args.hooks,
+        args.out,
+        dtype=args.dtype,
+        compression=args.compression,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        seed=args.seed,
+        device=args.device,
+    )
+
+
+if __name__ == "__main__":
+    main()
