@@ -14,7 +14,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# A config passed with --configfile replaces the default instead of being merged into it, so a
+# user's config never inherits the default's models or caches.
+if not workflow.config_settings.configfiles:
+
+    configfile: "config/config.yaml"
+
 
 
 report: "workflow/report/workflow.rst"
