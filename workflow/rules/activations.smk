@@ -6,6 +6,7 @@ rule cache_activations:
     output:
         directory(f"{RESULTS}/activations/{{model}}/{{dataset}}.zarr"),
     params:
+        device=get_device,
         model_dir=subpath(input.weights, parent=True),
         hooks=get_cache_hook_flags,
         dtype=ACTIVATIONS.get("dtype", "float32"),
@@ -19,10 +20,11 @@ rule cache_activations:
         "benchmarks/cache_activations/{model}/{dataset}.tsv"
     threads: 2
     resources:
+        gpu=GPU_HERE,
         mem_mb=4000,
         runtime=60,
     shell:
         "python -m mechflow.steps.cache_activations --model-dir {params.model_dir:q}"
         " --tokens {input.tokens:q} {params.hooks} --dtype {params.dtype}"
         " --compression {params.compression} --batch-size {params.batch_size}"
-        " --threads {threads} --out {output:q} > {log:q} 2>&1"
+        " --threads {threads} --device {params.device} --out {output:q} > {log:q} 2>&1"

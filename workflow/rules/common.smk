@@ -1,6 +1,7 @@
 # Config validation, derived lists, wildcard constraints and every input/params function.
 import json
 import re
+import shutil
 
 from snakemake.utils import validate
 
@@ -34,6 +35,18 @@ def alternation(names):
 wildcard_constraints:
     dataset=alternation(DATASETS),
     model=alternation(MODELS),
+
+
+# --- devices --------------------------------------------------------------------------------
+# A job runs on CUDA exactly when it holds a `gpu` resource, so the resource always matches what
+# the step uses. Rules whose steps profit from a GPU ask for one when the host evaluating the
+# rule has one (a local run on a GPU workstation); cluster profiles set `gpu` per rule with
+# `set-resources`, and `--set-resources train_model:gpu=0` forces a rule onto the CPU.
+GPU_HERE = int(shutil.which("nvidia-smi") is not None)  # NVIDIA driver on this host
+
+
+def get_device(wildcards, resources):
+    return "cuda" if int(resources.get("gpu", 0)) > 0 else "cpu"
 
 
 # --- datasets ---------------------------------------------------------------------------------

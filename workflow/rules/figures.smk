@@ -1,5 +1,16 @@
 # Figures: computed only from the tidy tables; PNG for the report, SVG beside it.
 
+# Plots take seconds and little memory: on a cluster they run on the submitting host rather
+# than as queued SLURM jobs (each would wait in the queue and start Snakemake twice).
+localrules:
+    plot_head_scores,
+    plot_loss_by_position,
+    plot_head_ablation,
+    plot_composition,
+    plot_copying,
+    plot_phase_change,
+
+
 rule plot_head_scores:
     input:
         f"{RESULTS}/induction/{{model}}/head_scores.csv",

@@ -1,5 +1,10 @@
 # Induction heads and composition (Elhage et al. 2021; Olsson et al. 2022): one table per analysis
 # under results/induction/{model}/.
+#
+# The quick analyses of one model (scores, loss by position) form the group "induction_{model}":
+# with `group-components: induction_{model}=4` (slurm profile) they run as one cluster job per model
+# instead of four tiny ones. ablate_heads and track_phase_change stay separate jobs: they are
+# the long, GPU-using analyses. Locally, groups change nothing.
 
 
 rule score_heads:
@@ -13,6 +18,8 @@ rule score_heads:
         model_dir=subpath(input.weights, parent=True),
         half_len=get_half_len,
         batch_size=induction_setting("batch_size", 64),
+    group:
+        "induction_{model}"
     conda:
         "../../environment.yml"
     log:
@@ -34,9 +41,12 @@ rule measure_loss_by_position:
     output:
         f"{RESULTS}/induction/{{model}}/loss_by_position.csv",
     params:
+        device=get_device,
         model_dir=subpath(input.weights, parent=True),
         half_len=get_half_len,
         batch_size=induction_setting("batch_size", 64),
+    group:
+        "induction_{model}"
     conda:
         "../../environment.yml"
     log:
@@ -48,7 +58,8 @@ rule measure_loss_by_position:
     shell:
         "python -m mechflow.steps.measure_loss_by_position --model-dir {params.model_dir:q}"
         " --tokens {input.tokens:q} --half-len {params.half_len}"
-        " --batch-size {params.batch_size} --threads {threads} --out {output:q} > {log:q} 2>&1"
+        " --batch-size {params.batch_size} --threads {threads} --device {params.device}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule ablate_heads:
@@ -58,6 +69,7 @@ rule ablate_heads:
     output:
         f"{RESULTS}/induction/{{model}}/head_ablation.csv",
     params:
+        device=get_device,
         model_dir=subpath(input.weights, parent=True),
         half_len=get_half_len,
         batch_size=induction_setting("batch_size", 64),
@@ -69,12 +81,14 @@ rule ablate_heads:
         "benchmarks/ablate_heads/{model}.tsv"
     threads: 2
     resources:
+        gpu=GPU_HERE,
         mem_mb=4000,
         runtime=30,
     shell:
         "python -m mechflow.steps.ablate_heads --model-dir {params.model_dir:q}"
         " --tokens {input.tokens:q} --half-len {params.half_len}"
-        " --batch-size {params.batch_size} --threads {threads} --out {output:q} > {log:q} 2>&1"
+        " --batch-size {params.batch_size} --threads {threads} --device {params.device}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule score_composition:
@@ -86,6 +100,8 @@ rule score_composition:
         model_dir=subpath(input.weights, parent=True),
         samples=induction_setting("composition_baseline_samples", 200),
         seed=induction_setting("seed", 0),
+    group:
+        "induction_{model}"
     conda:
         "../../environment.yml"
     log:
@@ -106,6 +122,8 @@ rule score_copying:
         f"{RESULTS}/induction/{{model}}/copying.csv",
     params:
         model_dir=subpath(input.weights, parent=True),
+    group:
+        "induction_{model}"
     conda:
         "../../environment.yml"
     log:
@@ -127,6 +145,7 @@ rule track_phase_change:
     output:
         f"{RESULTS}/induction/{{model}}/phase_change.csv",
     params:
+        device=get_device,
         model_dir=subpath(input.weights, parent=True),
         half_len=get_half_len,
         batch_size=induction_setting("batch_size", 64),
@@ -140,6 +159,7 @@ rule track_phase_change:
         "benchmarks/track_phase_change/{model}.tsv"
     threads: 2
     resources:
+        gpu=GPU_HERE,
         mem_mb=2000,
         runtime=30,
     shell:
@@ -147,4 +167,5 @@ rule track_phase_change:
         " --checkpoints-dir {input.checkpoints:q} --eval-tokens {input.eval_tokens:q}"
         " --icl-tokens {input.icl_tokens:q} --half-len {params.half_len}"
         " --icl-early {params.icl_early} --icl-late {params.icl_late}"
-        " --batch-size {params.batch_size} --threads {threads} --out {output:q} > {log:q} 2>&1"
+        " --batch-size {params.batch_size} --threads {threads} --device {params.device}"
+        " --out {output:q} > {log:q} 2>&1"

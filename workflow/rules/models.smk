@@ -9,6 +9,7 @@ rule train_model:
     wildcard_constraints:
         model=alternation(TRAINED_MODELS),
     params:
+        device=get_device,
         architecture=get_architecture,
         training=get_training,
         out_dir=subpath(output.weights, parent=True),
@@ -20,12 +21,13 @@ rule train_model:
         "benchmarks/train_model/{model}.tsv"
     threads: 2
     resources:
+        gpu=GPU_HERE,
         mem_mb=4000,
         runtime=60,
     shell:
         "python -m mechflow.steps.train_model --architecture {params.architecture:q}"
-        " --training {params.training:q} --tokens {input.tokens:q} --threads {threads}"
-        " --out-dir {params.out_dir:q} > {log:q} 2>&1"
+        " --training {params.training:q} --tokens {input.tokens:q}"
+        " --threads {threads} --device {params.device} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule import_pretrained:
