@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import warnings
 
@@ -129,7 +130,7 @@ def test_layout_dims_chunks_and_provenance(tiny_model, tokens, tmp_path):
     assert prov["forward_kwargs"] == {"stop_at_layer": 2}
 
 
-def test_chunks_buffer_several_batches(tiny_model, tokens, tmp_path):
+def test_chunks_buffer_several_batches(tiny_model, tokens, tmp_path, write_mode):
     chunks = []
     out = write(tiny_model, tokens, tmp_path / "s.zarr", batch_size=2, chunk_size=8,
                 on_chunk=lambda a, b: chunks.append((a, b)))  # fmt: skip
@@ -145,6 +146,17 @@ def test_chunks_buffer_several_batches(tiny_model, tokens, tmp_path):
     assert auto.provenance["chunk_rows"] == 15
     with pytest.raises(ValueError, match="multiple of batch_size"):
         write(tiny_model, tokens, tmp_path / "bad.zarr", chunk_size=7)
+
+
+def test_background_writes_only_with_a_spare_core(monkeypatch):
+    from mechflow.store.writer import background_writes
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 10_000)
+    assert not background_writes("cpu")
+    assert background_writes("cuda")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert background_writes("cpu") == (cores > 1)
 
 
 def test_auto_chunk_rows():
@@ -206,7 +218,7 @@ def kill_after_first_chunk(start, stop):
     raise Killed(f"simulated kill after rows {start}:{stop}")
 
 
-def test_incomplete_store_refused(tiny_model, tokens, tmp_path):
+def test_incomplete_store_refused(tiny_model, tokens, tmp_path, write_mode):
     out = tmp_path / "s.zarr"
     with pytest.raises(Killed):
         write(tiny_model, tokens, out, on_chunk=kill_after_first_chunk)
@@ -226,7 +238,16 @@ def test_provenance_mismatch_refused(tiny_model, tokens, tmp_path):
         open_store(out, expect={"hooks": ["blocks.1.attn.hook_pattern"]})
 
 
-def test_resume_after_kill_skips_finished_chunks(tiny_model, tokens, tmp_path):
+@pytest.fixture(params=[False, True], ids=["inline", "background"])
+def write_mode(request, monkeypatch):
+    """Both write paths: inline (torch uses every core) and on the writer thread (GPU)."""
+    import mechflow.store.writer as writer
+
+    monkeypatch.setattr(writer, "background_writes", lambda device: request.param)
+    return request.param
+
+
+def test_resume_after_kill_skips_finished_chunks(tiny_model, tokens, tmp_path, write_mode):
     reference_store = open_store(write(tiny_model, tokens, tmp_path / "ref.zarr"))
     out = tmp_path / "s.zarr"
     with pytest.raises(Killed):
