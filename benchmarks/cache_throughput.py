@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--pos", type=int, default=128, help="tokens per sequence")
     parser.add_argument(
-        "--repeats", type=int, default=5, help="timed runs per variant (median reported)"
+        "--repeats", type=int, default=4, help="timed runs per variant (median reported)"
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
