@@ -5,6 +5,7 @@
 #   results/models/{model}/model.safetensors, config.json trained or imported models
 #   results/models/{model}/train_log.csv, checkpoints/    loss log and weights over training
 #   results/activations/{model}/{dataset}.zarr            zarr v3 activation stores, one array per hook
+#   results/models/{run}/split.npz                        a grokking run's train/test split
 #   results/{experiment}/{model}/{analysis}.csv           tidy analysis tables
 #   results/figures/{experiment}/{model}/{figure}.png|svg figures (the report gathers the PNGs)
 #   logs/{rule}/...  benchmarks/{rule}/...                per-job logs and timings
@@ -30,6 +31,7 @@ include: "workflow/rules/datasets.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/activations.smk"
 include: "workflow/rules/induction.smk"
+include: "workflow/rules/grokking.smk"
 include: "workflow/rules/figures.smk"
 
 

@@ -9,7 +9,15 @@ from __future__ import annotations
 import fnmatch
 from typing import Any
 
-from mechflow.models.config import Architecture, TrainingConfig, hook_names
+from mechflow.data.modular_addition import check_task
+from mechflow.models.config import (
+    Architecture,
+    FullBatchTrainingConfig,
+    TrainingConfig,
+    hook_names,
+)
+
+MIN_PROGRESS_CHECKPOINTS = 5  # the progress-measure curves need a few points
 
 
 class ConfigError(ValueError):
@@ -23,8 +31,8 @@ def architecture_of(spec: dict[str, Any]) -> Architecture | None:
     return Architecture.from_dict(spec["architecture"])
 
 
-def checkpoint_steps(training: dict[str, Any]) -> list[int]:
-    steps = training["steps"]
+def checkpoint_steps(training: dict[str, Any], length_key: str = "steps") -> list[int]:
+    steps = training[length_key]
     every = training.get("checkpoint_every")
     points = set(training.get("checkpoints", []))
     if every:
@@ -38,6 +46,62 @@ def training_config(training: dict[str, Any]) -> dict[str, Any]:
     fields = {k: v for k, v in training.items() if k not in ("dataset", "checkpoint_every")}
     fields["checkpoints"] = checkpoint_steps(training)
     return fields
+
+
+def grokking_training_config(training: dict[str, Any]) -> dict[str, Any]:
+    """The FullBatchTrainingConfig fields of a grokking run (checkpoint_every resolved away)."""
+    fields = {k: v for k, v in training.items() if k != "checkpoint_every"}
+    fields["checkpoints"] = checkpoint_steps(training, "epochs")
+    return fields
+
+
+def grokking_architecture(run: dict[str, Any]) -> Architecture:
+    """The run's architecture with the sizes its modulus fixes (``a b =`` in, p residues out)."""
+    p = run["modulus"]
+    return Architecture.from_dict(
+        {**run["architecture"], "n_ctx": 3, "d_vocab": p + 1, "d_vocab_out": p}
+    )
+
+
+def _check_grokking(grokking: dict[str, Any], models: dict[str, Any], problems: list[str]) -> None:
+    for name, run in grokking["runs"].items():
+        where = f"experiments.grokking.runs.{name}"
+        if name in models:
+            problems.append(
+                f"{where}: name clashes with models.{name} (both live in results/models)"
+            )
+        try:
+            check_task(run["modulus"], run["train_fraction"])
+        except ValueError as err:
+            problems.append(f"{where}: {err}")
+            continue
+        try:
+            arch = grokking_architecture(run)
+        except ValueError as err:
+            problems.append(f"{where}.{err}")
+            continue
+        if arch.attn_only or arch.d_mlp is None:
+            problems.append(f"{where}.architecture: the Fourier analysis needs MLP neurons (d_mlp)")
+        training = run["training"]
+        try:
+            FullBatchTrainingConfig.from_dict(grokking_training_config(training))
+        except ValueError as err:
+            problems.append(f"{where}.{err}")
+            continue
+        epochs = training["epochs"]
+        first, last = run.get("progress_range", [0, None])
+        last = epochs if last is None else last
+        saved = [e for e in checkpoint_steps(training, "epochs") if first <= e <= last]
+        if last > epochs or first > last:
+            problems.append(
+                f"{where}.progress_range: [{first}, {last}] is not within the {epochs} training epochs"
+            )
+        elif first not in saved or last not in saved or len(saved) < MIN_PROGRESS_CHECKPOINTS:
+            problems.append(
+                f"{where}.training: checkpoints ({len(saved)} in range) do not cover "
+                f"progress_range [{first}, {last}]: need checkpoints at both ends and at least "
+                f"{MIN_PROGRESS_CHECKPOINTS} (set checkpoint_every or checkpoints)"
+            )
 
 
 def expand_hooks(patterns: list[str], available: list[str]) -> list[str]:
@@ -151,6 +215,10 @@ def check_config(config: dict[str, Any]) -> None:
         for model in induction["models"]:
             fits(f"{where}.eval_dataset", induction["eval_dataset"], model)
             fits(f"{where}.icl_dataset", induction["icl_dataset"], model)
+
+    grokking = config.get("experiments", {}).get("grokking")
+    if grokking:
+        _check_grokking(grokking, models, problems)
 
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))

@@ -17,6 +17,10 @@ def load(name):
     return yaml.safe_load((ROOT / "config" / name).read_text())
 
 
+def grokking_run(config):
+    return config["experiments"]["grokking"]["runs"]["modadd_113"]
+
+
 @pytest.fixture
 def config():
     return load("config.yaml")
@@ -49,6 +53,9 @@ def test_schema_fills_defaults(config):
             "blocks.0.resid",
         ),
         (lambda c: c.update(unknown_section={}), "unknown_section"),
+        (lambda c: grokking_run(c).update(train_fraction=1.5), "1.5"),
+        (lambda c: grokking_run(c).update(train_fraction=0), "train_fraction"),
+        (lambda c: grokking_run(c)["training"].update(epoch=10), "epoch"),
     ],
 )
 def test_schema_rejects_bad_values_naming_them(config, mutate, key):
@@ -101,6 +108,24 @@ def test_schema_rejects_bad_values_naming_them(config, mutate, key):
             ),
             "d_mlp",
         ),
+        (
+            lambda c: grokking_run(c).update(modulus=111),
+            "experiments.grokking.runs.modadd_113: modulus must be an odd prime",
+        ),
+        (
+            lambda c: grokking_run(c)["training"].update(checkpoint_every=1000),
+            "experiments.grokking.runs.modadd_113.training: checkpoints (3 in range) do not cover",
+        ),
+        (
+            lambda c: grokking_run(c).update(progress_range=[0, 1510]),
+            "progress_range: [0, 1510] is not within the 1500 training epochs",
+        ),
+        (
+            lambda c: c["experiments"]["grokking"]["runs"].update(
+                attn_only_2l=c["experiments"]["grokking"]["runs"]["modadd_113"]
+            ),
+            "name clashes with models.attn_only_2l",
+        ),
     ],
 )
 def test_cross_checks_name_the_bad_key(config, mutate, message):
@@ -122,3 +147,13 @@ def test_expand_hooks():
     assert expand_hooks(["blocks.*.attn.hook_pattern"], names) == names[:2]
     with pytest.raises(ValueError, match="matches no hook"):
         expand_hooks(["blocks.2.*"], names)
+
+
+def test_a_grokking_only_config_is_valid():
+    """Presets may hold one experiment: datasets and models default to empty."""
+    cfg = load("presets/grokking_paper.yaml")
+    validate(cfg, schema=SCHEMA)
+    check_config(cfg)
+    assert cfg["datasets"] == {} and cfg["models"] == {}
+    run = cfg["experiments"]["grokking"]["runs"]["paper_p113"]
+    assert run["modulus"] == 113 and run["architecture"]["d_model"] == 128

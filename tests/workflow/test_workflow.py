@@ -35,6 +35,10 @@ def test_dry_run_of_the_default_config_plans_every_figure(workflow_copy):
     assert counts["cache_activations"] == 2
     assert counts["plot_composition"] == 1  # only the 2-layer model has composition
     assert counts["plot_phase_change"] == 2
+    assert counts["train_grokking_model"] == 1
+    assert counts["measure_progress"] == 1 and counts["check_grokking"] == 1
+    for figure in ("grokking_curves", "embedding_fourier", "activation_maps", "progress_measures"):
+        assert counts[f"plot_{figure}"] == 1
 
 
 def test_bad_config_stops_before_any_job_naming_the_key(workflow_copy, tmp_path):
@@ -49,6 +53,25 @@ def test_bad_config_stops_before_any_job_naming_the_key(workflow_copy, tmp_path)
     assert "blocks.5.hook_resid_post" in message
     assert "models.attn_only_1l.architecture.n_ctx=16" in message
     assert not (workflow_copy / "results").exists()
+
+
+def test_bad_grokking_task_stops_before_any_job(workflow_copy, tmp_path):
+    cfg = yaml.safe_load((workflow_copy / "config/test.yaml").read_text())
+    run = cfg["experiments"]["grokking"]["runs"]["modadd_37"]
+    run["modulus"] = 35
+    run["training"]["checkpoint_every"] = 400
+    bad = tmp_path / "bad_grokking.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    proc = snakemake(workflow_copy, "--cores", "1", "--configfile", str(bad), check=False)
+    assert proc.returncode != 0
+    message = proc.stdout + proc.stderr
+    assert "experiments.grokking.runs.modadd_37: modulus must be an odd prime" in message
+    assert not (workflow_copy / "results").exists()
+    run["modulus"] = 37
+    bad.write_text(yaml.safe_dump(cfg))
+    proc = snakemake(workflow_copy, "-n", "--configfile", str(bad), check=False)
+    assert proc.returncode != 0
+    assert "modadd_37.training: checkpoints (3 in range) do not cover" in proc.stdout + proc.stderr
 
 
 def test_schema_error_names_the_key(workflow_copy, tmp_path):
@@ -81,7 +104,7 @@ def test_every_figure_is_built_and_a_second_run_does_nothing(tiny_run):
         p.relative_to(tiny_run / "results/figures").as_posix()
         for p in (tiny_run / "results/figures").rglob("*.png")
     )
-    assert len(figures) == 11, figures
+    assert len(figures) == 11 + 4, figures
     for png in (tiny_run / "results/figures").rglob("*.png"):
         assert png.stat().st_size > 10_000 and png.with_suffix(".svg").stat().st_size > 10_000
     proc = snakemake(tiny_run, "-n", "--configfile", "config/test.yaml")
@@ -93,6 +116,7 @@ def test_report_gathers_the_figures(tiny_run):
     snakemake(tiny_run, "--configfile", "config/test.yaml", "--report", "report.html")
     html = (tiny_run / "report.html").read_text(errors="replace")
     assert "head_scores.png" in html and "phase_change.png" in html
+    assert "progress_measures.png" in html and "activation_maps.png" in html
 
 
 @pytest.mark.slow
@@ -170,3 +194,34 @@ def test_activation_store_is_complete_with_provenance(tiny_run):
     assert "blocks.1.hook_resid_post" in store.hooks and "blocks.1.attn.hook_pattern" in store.hooks
     assert store.n_sequences == 64
     assert store.provenance["model_hash"]
+
+
+# --- grokking (config/test.yaml: p = 37, which groks within the test budget) ---------------------
+
+
+def grokking_table(run: Path, name: str) -> pd.DataFrame:
+    return pd.read_csv(run / "results/grokking/modadd_37" / f"{name}.csv")
+
+
+@pytest.mark.slow
+def test_grokking_run_reproduces_the_papers_claims(tiny_run):
+    checks = grokking_table(tiny_run, "checks").set_index("check")
+    assert checks.passed.all(), checks  # enforce_checks: the run would have failed anyway
+    log = pd.read_csv(tiny_run / "results/models/modadd_37/train_log.csv")
+    memorised = log.loc[log.train_accuracy >= 1.0, "epoch"].min()
+    generalised = log.loc[log.test_accuracy >= 0.99, "epoch"].min()
+    assert memorised < 0.5 * generalised
+
+
+@pytest.mark.slow
+def test_grokked_model_computes_on_a_few_key_frequencies(tiny_run):
+    keys = grokking_table(tiny_run, "key_frequencies")
+    assert 1 <= len(keys) <= 8
+    assert keys.embedding_share.sum() > 0.5
+    assert keys.key_fraction.iloc[0] > 0.8  # neurons are explained by the key frequencies
+    progress = grokking_table(tiny_run, "progress").pivot(
+        index="epoch", columns="metric", values="value"
+    )
+    final = progress.iloc[-1]
+    assert final.test_accuracy > 0.99
+    assert final.restricted_loss < 0.1 < final.excluded_loss

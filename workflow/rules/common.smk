@@ -9,6 +9,8 @@ from mechflow.config_checks import (
     architecture_of,
     check_config,
     expand_hooks,
+    grokking_architecture,
+    grokking_training_config,
     training_config,
 )
 from mechflow.models.config import hook_names
@@ -19,12 +21,14 @@ check_config(config)
 
 
 RESULTS = "results"
-DATASETS = list(config["datasets"])
-MODELS = list(config["models"])
+DATASETS = list(config.get("datasets", {}))
+MODELS = list(config.get("models", {}))
 TRAINED_MODELS = [m for m in MODELS if config["models"][m]["source"] == "trained"]
 PRETRAINED_MODELS = [m for m in MODELS if config["models"][m]["source"] == "pretrained"]
 INDUCTION = config["experiments"].get("induction")
 INDUCTION_MODELS = INDUCTION["models"] if INDUCTION else []
+GROKKING = config["experiments"].get("grokking")
+GROKKING_RUNS = list(GROKKING["runs"]) if GROKKING else []
 
 
 def alternation(names):
@@ -35,6 +39,7 @@ def alternation(names):
 wildcard_constraints:
     dataset=alternation(DATASETS),
     model=alternation(MODELS),
+    run=alternation(GROKKING_RUNS),
 
 
 # --- devices --------------------------------------------------------------------------------
@@ -120,7 +125,7 @@ def activation_store(model, dataset):
 
 # --- induction experiment ---------------------------------------------------------------------
 def induction_setting(key, default=None):
-    return INDUCTION.get(key, default)
+    return INDUCTION.get(key, default) if INDUCTION else default
 
 
 def get_eval_tokens(wildcards):
@@ -158,8 +163,54 @@ def induction_figures(model):
     return figures
 
 
+# --- grokking experiment ----------------------------------------------------------------------
+GROKKING_FIGURES = ["grokking_curves", "embedding_fourier", "activation_maps", "progress_measures"]
+
+
+def grokking_run(wildcards):
+    return GROKKING["runs"][wildcards.run]
+
+
+def grokking_setting(key):
+    return GROKKING[key] if GROKKING else None
+
+
+def get_modulus(wildcards):
+    return grokking_run(wildcards)["modulus"]
+
+
+def get_train_fraction(wildcards):
+    return grokking_run(wildcards)["train_fraction"]
+
+
+def get_data_seed(wildcards):
+    return grokking_run(wildcards)["data_seed"]
+
+
+def get_grokking_architecture(wildcards):
+    arch = grokking_architecture(grokking_run(wildcards)).to_dict()
+    return json.dumps(arch, sort_keys=True)
+
+
+def get_grokking_training(wildcards):
+    return json.dumps(grokking_training_config(grokking_run(wildcards)["training"]), sort_keys=True)
+
+
+def get_progress_range_flags(wildcards):
+    first, last = grokking_run(wildcards)["progress_range"]
+    return f"--first-epoch {first}" + (f" --last-epoch {last}" if last is not None else "")
+
+
+def get_enforce_flag(wildcards):
+    return "--enforce" if GROKKING["enforce_checks"] else ""
+
+
 def get_all_targets(wildcards=None):
     targets = []
+    for run in GROKKING_RUNS:
+        targets.append(f"{RESULTS}/grokking/{run}/checks.csv")
+        for figure in GROKKING_FIGURES:
+            targets.append(f"{RESULTS}/figures/grokking/{run}/{figure}.png")
     for model in INDUCTION_MODELS:
         for figure in induction_figures(model):
             targets.append(f"{RESULTS}/figures/induction/{model}/{figure}.png")

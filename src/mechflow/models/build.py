@@ -42,6 +42,8 @@ def hooked_config(arch: Architecture, seed: int | None = None) -> HookedTransfor
     fields = arch.to_dict()
     if fields["attn_only"]:
         fields["d_mlp"] = None
+    if fields["d_vocab_out"] is None:
+        fields["d_vocab_out"] = -1  # TransformerLens: same as d_vocab
     return tl.HookedTransformerConfig(**fields, seed=seed, device="cpu")
 
 

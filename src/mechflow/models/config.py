@@ -32,6 +32,8 @@ class Architecture:
         normalization_type: "LN", "LNPre" or None (no LayerNorm, as in the grokking model).
         positional_embedding_type: "standard" (learned), "rotary" or "shortformer".
         attention_dir: "causal" or "bidirectional".
+        d_vocab_out: output vocabulary when it differs from the input one (the grokking model
+            reads ``a b =`` but predicts one of p residues); None means d_vocab.
     """
 
     n_layers: int
@@ -46,6 +48,7 @@ class Architecture:
     normalization_type: str | None = "LN"
     positional_embedding_type: str = "standard"
     attention_dir: str = "causal"
+    d_vocab_out: int | None = None
 
     def __post_init__(self):
         for name in ("n_layers", "d_model", "n_heads", "d_head", "n_ctx", "d_vocab"):
@@ -54,6 +57,12 @@ class Architecture:
                 raise ValueError(f"architecture.{name} must be a positive integer, got {value!r}")
         if not self.attn_only and (self.d_mlp is None or self.d_mlp < 1):
             raise ValueError("architecture.d_mlp must be a positive integer unless attn_only")
+        if self.d_vocab_out is not None and (
+            not isinstance(self.d_vocab_out, int) or self.d_vocab_out < 1
+        ):
+            raise ValueError(
+                f"architecture.d_vocab_out must be a positive integer, got {self.d_vocab_out!r}"
+            )
         if self.normalization_type not in ("LN", "LNPre", None):
             raise ValueError(
                 f"architecture.normalization_type: bad value {self.normalization_type!r}"
@@ -153,3 +162,46 @@ def hook_names(arch: Architecture) -> list[str]:
         names += ["ln_final.hook_scale", "ln_final.hook_normalized"]
     names += ["unembed.hook_in", "unembed.hook_out"]
     return names
+
+
+@dataclass(frozen=True, kw_only=True)
+class FullBatchTrainingConfig:
+    """Full-batch training on a classification task read at the last position (grokking).
+
+    Args:
+        epochs: optimiser steps, each over the whole training set.
+        lr, weight_decay, betas: AdamW settings (the grokking paper: 1e-3, 1.0, (0.9, 0.98)).
+        warmup_epochs: linear learning-rate warm-up.
+        checkpoints: epochs at which weights are saved; every progress measure is computed
+            from them after training.
+        seed: initialisation seed.
+        log_every: epochs between rows of the train/test loss log.
+    """
+
+    epochs: int
+    lr: float = 1e-3
+    weight_decay: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup_epochs: int = 0
+    checkpoints: tuple[int, ...] = field(default_factory=tuple)
+    seed: int = 0
+    log_every: int = 10
+
+    def __post_init__(self):
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"training.epochs must be a positive integer, got {self.epochs!r}")
+        if self.lr <= 0:
+            raise ValueError(f"training.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"training.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.log_every < 1:
+            raise ValueError(f"training.log_every must be >= 1, got {self.log_every}")
+        bad = [e for e in self.checkpoints if not 0 <= e <= self.epochs]
+        if bad:
+            raise ValueError(f"training.checkpoints {bad} lie outside [0, epochs={self.epochs}]")
+        object.__setattr__(self, "checkpoints", tuple(sorted(set(self.checkpoints))))
+        object.__setattr__(self, "betas", tuple(self.betas))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        return _from_dict(cls, data, "training")

@@ -1,0 +1,52 @@
+"""Express the grokking model's token embedding in the Fourier basis of Z_p.
+
+Writes ``embedding_fourier.csv``: frequency (0 = constant), component (const/cos/sin), norm,
+and ``share``, the fraction of the embedding's non-constant squared norm on that frequency.
+A grokked model puts most of it on a handful of key frequencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from mechflow.analysis.fourier import embedding_fourier_norms
+from mechflow.analysis.modular_inputs import read_run
+from mechflow.artifacts import write_table
+from mechflow.runtime import go_offline, set_threads, setup_logging
+
+log = logging.getLogger(__name__)
+
+
+def run(model_dir: Path, out: Path) -> pd.DataFrame:
+    task = read_run(model_dir)
+    model = task.load()
+    w_e = model.W_E.detach()[: task.modulus].double().numpy()  # p d_model; '=' row dropped
+    df = embedding_fourier_norms(w_e)
+    df.insert(0, "model", model_dir.name)
+    write_table(df, out)
+    top = df[df.component == "cos"].sort_values("share", ascending=False).head(5)
+    log.info(
+        "largest embedding frequencies: %s",
+        dict(zip(top.frequency, top.share.round(3), strict=True)),
+    )
+    return df
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model-dir", required=True, type=Path)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", required=True, type=Path, help="embedding_fourier.csv")
+    args = parser.parse_args(argv)
+    setup_logging()
+    go_offline()
+    set_threads(args.threads)
+    run(args.model_dir, args.out)
+
+
+if __name__ == "__main__":
+    main()

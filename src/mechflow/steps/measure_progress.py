@@ -1,0 +1,107 @@
+"""Progress measures of a grokking run across its checkpoints (Nanda et al. 2023, section 5).
+
+For every checkpoint in ``[--first-epoch, --last-epoch]``: train and test loss and accuracy,
+restricted loss (only the key frequencies' cos/sin(w(a+b)) directions of the logits, on all
+pairs), excluded loss (those directions removed, on the training pairs) and the weight norm.
+Key frequencies come from the final model (``key_frequencies.csv``). Writes
+``progress.csv`` (model, epoch, metric, value) and ``phases.csv`` (model, phase, start_epoch,
+end_epoch): memorisation, circuit formation and cleanup, with boundaries read from the measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from mechflow.analysis.modular_inputs import read_run
+from mechflow.analysis.progress_measures import measure_checkpoint, phase_boundaries, phase_table
+from mechflow.artifacts import write_table
+from mechflow.config_checks import MIN_PROGRESS_CHECKPOINTS
+from mechflow.plots.style import check_columns, read_figure_table
+from mechflow.runtime import go_offline, set_threads, setup_logging
+
+log = logging.getLogger(__name__)
+
+
+def select_checkpoints(available: dict, first: int, last: int | None, source: str) -> dict:
+    """The checkpoints in range; refuse a range they do not cover."""
+    if not available:
+        raise FileNotFoundError(f"{source}: no checkpoints saved")
+    last = max(available) if last is None else last
+    if first > last:
+        raise ValueError(f"--first-epoch {first} > --last-epoch {last}")
+    chosen = {e: p for e, p in available.items() if first <= e <= last}
+    if first not in available or last not in available or len(chosen) < MIN_PROGRESS_CHECKPOINTS:
+        raise ValueError(
+            f"{source}: checkpoints {sorted(available)[:3]}...{sorted(available)[-3:]} do not cover "
+            f"epochs [{first}, {last}] (need both ends and at least {MIN_PROGRESS_CHECKPOINTS} in range)"
+        )
+    return chosen
+
+
+def run(
+    model_dir: Path,
+    key_table: Path,
+    progress_out: Path,
+    phases_out: Path,
+    first_epoch: int = 0,
+    last_epoch: int | None = None,
+) -> pd.DataFrame:
+    keys_df = read_figure_table(key_table)
+    check_columns(keys_df, ["frequency"], str(key_table))
+    keys = [int(k) for k in keys_df["frequency"]]
+    task = read_run(model_dir)
+    chosen = select_checkpoints(task.checkpoints(), first_epoch, last_epoch, str(model_dir))
+    rows = []
+    for epoch, path in tqdm(chosen.items(), desc="checkpoints", disable=None, mininterval=2):
+        measures = measure_checkpoint(
+            task.load(path), task.inputs, task.labels, task.train_rows, task.test_rows, keys
+        )
+        rows += [{"epoch": epoch, "metric": k, "value": v} for k, v in measures.items()]
+    progress = pd.DataFrame(rows)
+    wide = progress.pivot(index="epoch", columns="metric", values="value")
+    bounds = phase_boundaries(wide)
+    phases = phase_table(bounds, max(chosen))
+    name = model_dir.name
+    progress.insert(0, "model", name)
+    phases.insert(0, "model", name)
+    write_table(progress, progress_out)
+    write_table(phases, phases_out)
+    log.info(
+        "key frequencies %s; memorised at %s, cleanup from %s, grokked at %s",
+        keys,
+        *(("never" if math.isnan(v) else int(v)) for v in bounds.values()),
+    )
+    return progress
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model-dir", required=True, type=Path)
+    parser.add_argument("--key-frequencies", required=True, type=Path, help="key_frequencies.csv")
+    parser.add_argument("--first-epoch", type=int, default=0)
+    parser.add_argument("--last-epoch", type=int, default=None, help="default: last checkpoint")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", required=True, type=Path, help="progress.csv")
+    parser.add_argument("--phases", required=True, type=Path, help="phases.csv")
+    args = parser.parse_args(argv)
+    setup_logging()
+    go_offline()
+    set_threads(args.threads)
+    run(
+        args.model_dir,
+        args.key_frequencies,
+        args.out,
+        args.phases,
+        args.first_epoch,
+        args.last_epoch,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""Plot the grokking model's activations over all inputs (a, b): each head's attention from '='
+to a and the most periodic neuron of each key frequency, as heatmaps.
+
+Writes a PNG and an SVG with the same stem; reads only ``activation_maps.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mechflow.plots.grokking import activation_maps_figure
+from mechflow.plots.style import read_figure_table, save_figure, svg_path
+from mechflow.runtime import setup_logging
+
+
+def run(table: Path, out: Path, title: str | None = None) -> tuple[Path, Path]:
+    svg_path(out)  # reject a bad --out before reading anything
+    fig = activation_maps_figure(read_figure_table(table), source=str(table), title=title)
+    return save_figure(fig, out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--table", required=True, type=Path, help="activation_maps.csv")
+    parser.add_argument("--out", required=True, type=Path, help="figure .png (SVG written beside)")
+    parser.add_argument("--title", default=None, help="replaces the default title")
+    args = parser.parse_args(argv)
+    setup_logging()
+    run(args.table, args.out, args.title)
+
+
+if __name__ == "__main__":
+    main()

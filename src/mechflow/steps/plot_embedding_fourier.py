@@ -1,0 +1,38 @@
+"""Plot the grokking model's embedding norm per Fourier component, key frequencies marked.
+
+Writes a PNG and an SVG with the same stem; reads only the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mechflow.plots.grokking import embedding_fourier_figure
+from mechflow.plots.style import read_figure_table, save_figure, svg_path
+from mechflow.runtime import setup_logging
+
+
+def run(
+    table: Path, key_frequencies: Path, out: Path, title: str | None = None
+) -> tuple[Path, Path]:
+    svg_path(out)  # reject a bad --out before reading anything
+    fig = embedding_fourier_figure(
+        read_figure_table(table), read_figure_table(key_frequencies), source=str(table), title=title
+    )
+    return save_figure(fig, out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--table", required=True, type=Path, help="embedding_fourier.csv")
+    parser.add_argument("--key-frequencies", required=True, type=Path, help="key_frequencies.csv")
+    parser.add_argument("--out", required=True, type=Path, help="figure .png (SVG written beside)")
+    parser.add_argument("--title", default=None, help="replaces the default title")
+    args = parser.parse_args(argv)
+    setup_logging()
+    run(args.table, args.key_frequencies, args.out, args.title)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Train the grokking model: a one-layer transformer on ``a b =`` → (a + b) mod p, full batch.
+
+Writes ``model.safetensors`` + ``config.json`` (architecture, task, training, versions), the
+train/test loss log ``train_log.csv``, the split ``split.npz`` and weights at every configured
+epoch under ``checkpoints/``; every progress measure is computed later from those checkpoints.
+The architecture's n_ctx, d_vocab and d_vocab_out follow from the modulus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mechflow.analysis.modular_inputs import SPLIT_FILE, checkpoint_name
+from mechflow.artifacts import atomic_path, git_revision, package_versions, write_table
+from mechflow.data.modular_addition import all_pairs, check_task, train_test_split
+from mechflow.models.build import build_model, save_model, save_weights
+from mechflow.models.config import Architecture, FullBatchTrainingConfig
+from mechflow.models.train_full_batch import train_full_batch
+from mechflow.runtime import go_offline, pick_device, seed_everything, set_threads, setup_logging
+
+log = logging.getLogger(__name__)
+
+
+def task_architecture(architecture: dict, modulus: int) -> Architecture:
+    """The configured architecture with the sizes the task fixes: ``a b =`` in, p residues out."""
+    fixed = {"n_ctx": 3, "d_vocab": modulus + 1, "d_vocab_out": modulus}
+    clash = {k: architecture[k] for k in fixed if k in architecture and architecture[k] != fixed[k]}
+    if clash:
+        raise ValueError(f"architecture {clash} contradicts modulus {modulus}: expected {fixed}")
+    return Architecture.from_dict({**architecture, **fixed})
+
+
+def run(
+    modulus: int,
+    train_fraction: float,
+    data_seed: int,
+    architecture: dict,
+    training: dict,
+    out_dir: Path,
+    device: str = "auto",
+    progress: bool = True,
+) -> None:
+    check_task(modulus, train_fraction)
+    arch = task_architecture(architecture, modulus)
+    cfg = FullBatchTrainingConfig.from_dict(training)
+    inputs, labels = all_pairs(modulus)
+    train_rows, test_rows = train_test_split(modulus, train_fraction, data_seed)
+    seed_everything(cfg.seed)
+    model = build_model(arch, seed=cfg.seed).to(pick_device(device))
+    ckpt_dir = out_dir / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / SPLIT_FILE) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, train=train_rows, test=test_rows)
+
+    def on_checkpoint(epoch, model):
+        save_weights(model, ckpt_dir / checkpoint_name(epoch))
+
+    start = time.perf_counter()
+    log_df = train_full_batch(
+        model, inputs, labels, train_rows, test_rows, cfg, on_checkpoint, progress=progress
+    )
+    seconds = time.perf_counter() - start
+    write_table(log_df, out_dir / "train_log.csv")
+    last = log_df.iloc[-1]
+    save_model(
+        model,
+        out_dir,
+        extra={
+            "source": "trained",
+            "architecture": arch.to_dict(),
+            "task": {"modulus": modulus, "train_fraction": train_fraction, "data_seed": data_seed},
+            "training": json.loads(json.dumps(training)),
+            "final": {k: float(last[k]) for k in log_df.columns if k != "epoch"},
+            "train_seconds": round(seconds, 2),
+            "versions": package_versions(),
+            "git_revision": git_revision(),
+        },
+    )
+    log.info(
+        "trained %s for %d epochs in %.1f s: train loss %.2e, test accuracy %.3f",
+        out_dir.name,
+        cfg.epochs,
+        seconds,
+        last["train_loss"],
+        last["test_accuracy"],
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--modulus", required=True, type=int, help="p, an odd prime")
+    parser.add_argument("--train-fraction", required=True, type=float)
+    parser.add_argument("--data-seed", type=int, default=0, help="seed of the train/test split")
+    parser.add_argument("--architecture", required=True, help="Architecture fields as JSON")
+    parser.add_argument("--training", required=True, help="FullBatchTrainingConfig as JSON")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out-dir", required=True, type=Path)
+    args = parser.parse_args(argv)
+    setup_logging()
+    go_offline()
+    set_threads(args.threads)
+    run(
+        args.modulus,
+        args.train_fraction,
+        args.data_seed,
+        json.loads(args.architecture),
+        json.loads(args.training),
+        args.out_dir,
+        args.device,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+# Grokking modular addition (Nanda et al. 2023): full-batch training with checkpoints, then the
+# Fourier analyses and progress measures, all computed afterwards from the saved weights.
+
+localrules:
+    check_grokking,
+    plot_grokking_curves,
+    plot_embedding_fourier,
+    plot_activation_maps,
+    plot_progress_measures,
+
+
+rule train_grokking_model:
+    output:
+        weights=f"{RESULTS}/models/{{run}}/model.safetensors",
+        config=f"{RESULTS}/models/{{run}}/config.json",
+        loss_log=f"{RESULTS}/models/{{run}}/train_log.csv",
+        split=f"{RESULTS}/models/{{run}}/split.npz",
+        checkpoints=directory(f"{RESULTS}/models/{{run}}/checkpoints"),
+    params:
+        device=get_device,
+        modulus=get_modulus,
+        train_fraction=get_train_fraction,
+        data_seed=get_data_seed,
+        architecture=get_grokking_architecture,
+        training=get_grokking_training,
+        out_dir=subpath(output.weights, parent=True),
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/train_grokking_model/{run}.log",
+    benchmark:
+        "benchmarks/train_grokking_model/{run}.tsv"
+    threads: 2
+    resources:
+        gpu=GPU_HERE,
+        mem_mb=4000,
+        runtime=120,
+    shell:
+        "python -m mechflow.steps.train_grokking_model --modulus {params.modulus}"
+        " --train-fraction {params.train_fraction} --data-seed {params.data_seed}"
+        " --architecture {params.architecture:q} --training {params.training:q}"
+        " --threads {threads} --device {params.device} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+
+
+rule analyze_embedding_fourier:
+    input:
+        weights=f"{RESULTS}/models/{{run}}/model.safetensors",
+        split=f"{RESULTS}/models/{{run}}/split.npz",
+    output:
+        f"{RESULTS}/grokking/{{run}}/embedding_fourier.csv",
+    params:
+        model_dir=subpath(input.weights, parent=True),
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/analyze_embedding_fourier/{run}.log",
+    group:
+        "grokking_{run}"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m mechflow.steps.analyze_embedding_fourier --model-dir {params.model_dir:q}"
+        " --out {output:q} > {log:q} 2>&1"
+
+
+rule analyze_neurons_fourier:
+    input:
+        weights=f"{RESULTS}/models/{{run}}/model.safetensors",
+        split=f"{RESULTS}/models/{{run}}/split.npz",
+        embedding=f"{RESULTS}/grokking/{{run}}/embedding_fourier.csv",
+    output:
+        neurons=f"{RESULTS}/grokking/{{run}}/neuron_fourier.csv",
+        attention=f"{RESULTS}/grokking/{{run}}/attention_fourier.csv",
+        key_table=f"{RESULTS}/grokking/{{run}}/key_frequencies.csv",
+        maps=f"{RESULTS}/grokking/{{run}}/activation_maps.csv",
+    params:
+        model_dir=subpath(input.weights, parent=True),
+        out_dir=subpath(output.key_table, parent=True),
+        min_neuron_share=grokking_setting("min_neuron_share"),
+        min_fraction=grokking_setting("min_fraction"),
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/analyze_neurons_fourier/{run}.log",
+    group:
+        "grokking_{run}"
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    shell:
+        "python -m mechflow.steps.analyze_neurons_fourier --model-dir {params.model_dir:q}"
+        " --embedding {input.embedding:q} --min-neuron-share {params.min_neuron_share}"
+        " --min-fraction {params.min_fraction} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+
+
+rule measure_progress:
+    input:
+        weights=f"{RESULTS}/models/{{run}}/model.safetensors",
+        split=f"{RESULTS}/models/{{run}}/split.npz",
+        checkpoints=f"{RESULTS}/models/{{run}}/checkpoints",
+        key_table=f"{RESULTS}/grokking/{{run}}/key_frequencies.csv",
+    output:
+        progress=f"{RESULTS}/grokking/{{run}}/progress.csv",
+        phases=f"{RESULTS}/grokking/{{run}}/phases.csv",
+    params:
+        model_dir=subpath(input.weights, parent=True),
+        range_flags=get_progress_range_flags,
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/measure_progress/{run}.log",
+    benchmark:
+        "benchmarks/measure_progress/{run}.tsv"
+    group:
+        "grokking_{run}"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "python -m mechflow.steps.measure_progress --model-dir {params.model_dir:q}"
+        " --key-frequencies {input.key_table:q} {params.range_flags} --threads {threads}"
+        " --out {output.progress:q} --phases {output.phases:q} > {log:q} 2>&1"
+
+
+rule check_grokking:
+    input:
+        progress=f"{RESULTS}/grokking/{{run}}/progress.csv",
+        phases=f"{RESULTS}/grokking/{{run}}/phases.csv",
+        key_table=f"{RESULTS}/grokking/{{run}}/key_frequencies.csv",
+    output:
+        f"{RESULTS}/grokking/{{run}}/checks.csv",
+    params:
+        enforce=get_enforce_flag,
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/check_grokking/{run}.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "python -m mechflow.steps.check_grokking --progress {input.progress:q}"
+        " --phases {input.phases:q} --key-frequencies {input.key_table:q} {params.enforce}"
+        " --out {output:q} > {log:q} 2>&1"
+
+
+rule plot_grokking_curves:
+    input:
+        log=f"{RESULTS}/models/{{run}}/train_log.csv",
+        phases=f"{RESULTS}/grokking/{{run}}/phases.csv",
+    output:
+        png=report(
+            f"{RESULTS}/figures/grokking/{{run}}/grokking_curves.png",
+            caption="../report/grokking_curves.rst",
+            category="Grokking",
+            subcategory="{run}",
+        ),
+        svg=f"{RESULTS}/figures/grokking/{{run}}/grokking_curves.svg",
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/plot_grokking_curves/{run}.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "python -m mechflow.steps.plot_grokking_curves --log {input.log:q} --phases {input.phases:q}"
+        " --out {output.png:q} > {log:q} 2>&1"
+
+
+rule plot_embedding_fourier:
+    input:
+        table=f"{RESULTS}/grokking/{{run}}/embedding_fourier.csv",
+        key_table=f"{RESULTS}/grokking/{{run}}/key_frequencies.csv",
+    output:
+        png=report(
+            f"{RESULTS}/figures/grokking/{{run}}/embedding_fourier.png",
+            caption="../report/embedding_fourier.rst",
+            category="Grokking",
+            subcategory="{run}",
+        ),
+        svg=f"{RESULTS}/figures/grokking/{{run}}/embedding_fourier.svg",
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/plot_embedding_fourier/{run}.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "python -m mechflow.steps.plot_embedding_fourier --table {input.table:q}"
+        " --key-frequencies {input.key_table:q} --out {output.png:q} > {log:q} 2>&1"
+
+
+rule plot_activation_maps:
+    input:
+        f"{RESULTS}/grokking/{{run}}/activation_maps.csv",
+    output:
+        png=report(
+            f"{RESULTS}/figures/grokking/{{run}}/activation_maps.png",
+            caption="../report/activation_maps.rst",
+            category="Grokking",
+            subcategory="{run}",
+        ),
+        svg=f"{RESULTS}/figures/grokking/{{run}}/activation_maps.svg",
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/plot_activation_maps/{run}.log",
+    resources:
+        mem_mb=2000,
+        runtime=5,
+    shell:
+        "python -m mechflow.steps.plot_activation_maps --table {input:q} --out {output.png:q}"
+        " > {log:q} 2>&1"
+
+
+rule plot_progress_measures:
+    input:
+        table=f"{RESULTS}/grokking/{{run}}/progress.csv",
+        phases=f"{RESULTS}/grokking/{{run}}/phases.csv",
+    output:
+        png=report(
+            f"{RESULTS}/figures/grokking/{{run}}/progress_measures.png",
+            caption="../report/progress_measures.rst",
+            category="Grokking",
+            subcategory="{run}",
+        ),
+        svg=f"{RESULTS}/figures/grokking/{{run}}/progress_measures.svg",
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/plot_progress_measures/{run}.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "python -m mechflow.steps.plot_progress_measures --table {input.table:q}"
+        " --phases {input.phases:q} --out {output.png:q} > {log:q} 2>&1"
