@@ -6,6 +6,7 @@
 #   results/models/{model}/train_log.csv, checkpoints/    loss log and weights over training
 #   results/activations/{model}/{dataset}.zarr            zarr v3 activation stores, one array per hook
 #   results/models/{run}/split.npz                        a grokking run's train/test split
+#   results/superposition/models/{toy}/                    toy models of superposition
 #   results/{experiment}/{model}/{analysis}.csv           tidy analysis tables
 #   results/figures/{experiment}/{model}/{figure}.png|svg figures (the report gathers the PNGs)
 #   logs/{rule}/...  benchmarks/{rule}/...                per-job logs and timings
@@ -32,6 +33,7 @@ include: "workflow/rules/models.smk"
 include: "workflow/rules/activations.smk"
 include: "workflow/rules/induction.smk"
 include: "workflow/rules/grokking.smk"
+include: "workflow/rules/superposition.smk"
 include: "workflow/rules/figures.smk"
 
 

@@ -104,6 +104,38 @@ def _check_grokking(grokking: dict[str, Any], models: dict[str, Any], problems: 
             )
 
 
+def _check_superposition(superposition: dict[str, Any], problems: list[str]) -> None:
+    """What the schema cannot say about toy models (checked again, fully, by the step)."""
+    for name, toy in superposition["toy_models"].items():
+        where = f"experiments.superposition.toy_models.{name}"
+        if toy["d_hidden"] >= toy["n_features"]:
+            problems.append(
+                f"{where}.d_hidden: {toy['d_hidden']} must be < n_features={toy['n_features']}"
+            )
+        given = [k for k in ("feature_probability", "feature_probability_range") if k in toy]
+        if len(given) != 1:
+            problems.append(
+                f"{where}: give exactly one of feature_probability, feature_probability_range"
+            )
+        elif given == ["feature_probability"] and len(toy["feature_probability"]) != toy.get(
+            "n_instances", 1
+        ):
+            problems.append(
+                f"{where}.feature_probability: {len(toy['feature_probability'])} values for "
+                f"n_instances={toy.get('n_instances', 1)}"
+            )
+        elif given == ["feature_probability_range"]:
+            low, high = toy["feature_probability_range"]
+            if low > high:
+                problems.append(f"{where}.feature_probability_range: min {low} > max {high}")
+        if "importance_min" in toy and toy.get("importance_decay", 1.0) != 1.0:
+            problems.append(f"{where}: give at most one of importance_min, importance_decay")
+    phase_map = superposition.get("phase_map", {})
+    for key in ("density_range", "importance_range"):
+        if key in phase_map and phase_map[key][0] > phase_map[key][1]:
+            problems.append(f"experiments.superposition.phase_map.{key}: min > max")
+
+
 def expand_hooks(patterns: list[str], available: list[str]) -> list[str]:
     """Expand shell-style patterns (``blocks.*.attn.hook_pattern``) against a model's hook names."""
     out: list[str] = []
@@ -219,6 +251,10 @@ def check_config(config: dict[str, Any]) -> None:
     grokking = config.get("experiments", {}).get("grokking")
     if grokking:
         _check_grokking(grokking, models, problems)
+
+    superposition = config.get("experiments", {}).get("superposition")
+    if superposition:
+        _check_superposition(superposition, problems)
 
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))

@@ -54,6 +54,12 @@ def test_schema_fills_defaults(config):
         ),
         (lambda c: c.update(unknown_section={}), "unknown_section"),
         (lambda c: grokking_run(c).update(train_fraction=1.5), "1.5"),
+        (
+            lambda c: c["experiments"]["superposition"]["toy_models"]["n20_m5"].update(
+                feature_probability_range=[0.0, 1.0]
+            ),
+            "0.0",
+        ),
         (lambda c: grokking_run(c).update(train_fraction=0), "train_fraction"),
         (lambda c: grokking_run(c)["training"].update(epoch=10), "epoch"),
     ],
@@ -107,6 +113,16 @@ def test_schema_rejects_bad_values_naming_them(config, mutate, key):
                 architecture={**c["models"]["attn_only_2l"]["architecture"], "attn_only": False}
             ),
             "d_mlp",
+        ),
+        (
+            lambda c: c["experiments"]["superposition"]["toy_models"]["n20_m5"].update(d_hidden=20),
+            "experiments.superposition.toy_models.n20_m5.d_hidden: 20 must be < n_features=20",
+        ),
+        (
+            lambda c: c["experiments"]["superposition"]["toy_models"]["n20_m5"].update(
+                feature_probability=[0.5]
+            ),
+            "give exactly one of feature_probability, feature_probability_range",
         ),
         (
             lambda c: grokking_run(c).update(modulus=111),

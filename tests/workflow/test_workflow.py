@@ -39,6 +39,8 @@ def test_dry_run_of_the_default_config_plans_every_figure(workflow_copy):
     assert counts["measure_progress"] == 1 and counts["check_grokking"] == 1
     for figure in ("grokking_curves", "embedding_fourier", "activation_maps", "progress_measures"):
         assert counts[f"plot_{figure}"] == 1
+    assert counts["train_toy_model"] == 2 and counts["plot_dimensionality"] == 2
+    assert counts["map_superposition_phases"] == 1
 
 
 def test_bad_config_stops_before_any_job_naming_the_key(workflow_copy, tmp_path):
@@ -104,7 +106,7 @@ def test_every_figure_is_built_and_a_second_run_does_nothing(tiny_run):
         p.relative_to(tiny_run / "results/figures").as_posix()
         for p in (tiny_run / "results/figures").rglob("*.png")
     )
-    assert len(figures) == 11 + 4, figures
+    assert len(figures) == 11 + 4 + 3, figures
     for png in (tiny_run / "results/figures").rglob("*.png"):
         assert png.stat().st_size > 10_000 and png.with_suffix(".svg").stat().st_size > 10_000
     proc = snakemake(tiny_run, "-n", "--configfile", "config/test.yaml")
@@ -225,3 +227,22 @@ def test_grokked_model_computes_on_a_few_key_frequencies(tiny_run):
     final = progress.iloc[-1]
     assert final.test_accuracy > 0.99
     assert final.restricted_loss < 0.1 < final.excluded_loss
+
+
+# --- superposition (config/test.yaml: n = 5 features in m = 2 dimensions) -----------------------
+
+
+@pytest.mark.slow
+def test_toy_model_superposes_only_sparse_features(tiny_run):
+    instances = pd.read_csv(tiny_run / "results/superposition/n5_m2/instances.csv")
+    dense = instances.sort_values("feature_probability").iloc[-1]
+    sparse = instances.sort_values("feature_probability").iloc[0]
+    assert dense.feature_probability == 1.0 and sparse.feature_probability < 0.1
+    assert dense.dims_per_feature > 0.9  # about one dimension per represented feature
+    assert sparse.n_represented > sparse.d_hidden  # more features than dimensions
+    assert sparse.dims_per_feature < 0.5
+    phases = pd.read_csv(tiny_run / "results/superposition/phase_map.csv")
+    cell = phases.set_index(["feature_probability", "relative_importance"])["phase"]
+    assert cell[(1.0, 0.1)] == "not represented"
+    assert cell[(1.0, 10.0)] == "dedicated dimension"
+    assert cell[(phases.feature_probability.min(), 10.0)] == "superposition"

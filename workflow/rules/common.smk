@@ -29,6 +29,8 @@ INDUCTION = config["experiments"].get("induction")
 INDUCTION_MODELS = INDUCTION["models"] if INDUCTION else []
 GROKKING = config["experiments"].get("grokking")
 GROKKING_RUNS = list(GROKKING["runs"]) if GROKKING else []
+SUPERPOSITION = config["experiments"].get("superposition")
+TOY_MODELS = list(SUPERPOSITION["toy_models"]) if SUPERPOSITION else []
 
 
 def alternation(names):
@@ -40,6 +42,7 @@ wildcard_constraints:
     dataset=alternation(DATASETS),
     model=alternation(MODELS),
     run=alternation(GROKKING_RUNS),
+    toy=alternation(TOY_MODELS),
 
 
 # --- devices --------------------------------------------------------------------------------
@@ -205,8 +208,26 @@ def get_enforce_flag(wildcards):
     return "--enforce" if GROKKING["enforce_checks"] else ""
 
 
+# --- superposition experiment -----------------------------------------------------------------
+def get_toy_model_config(wildcards):
+    return json.dumps(SUPERPOSITION["toy_models"][wildcards.toy], sort_keys=True)
+
+
+def get_phase_map_config(wildcards):
+    return json.dumps(SUPERPOSITION.get("phase_map", {}), sort_keys=True)
+
+
+def superposition_setting(key):
+    return SUPERPOSITION[key] if SUPERPOSITION else None
+
+
 def get_all_targets(wildcards=None):
     targets = []
+    if SUPERPOSITION:
+        targets.append(f"{RESULTS}/figures/superposition/phase_map.png")
+    for toy in TOY_MODELS:
+        for figure in ("superposition", "dimensionality"):
+            targets.append(f"{RESULTS}/figures/superposition/{toy}/{figure}.png")
     for run in GROKKING_RUNS:
         targets.append(f"{RESULTS}/grokking/{run}/checks.csv")
         for figure in GROKKING_FIGURES:

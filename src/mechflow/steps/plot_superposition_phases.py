@@ -1,0 +1,38 @@
+"""Plot the n = 2, m = 1 phase diagram: what the extra feature gets per importance and density.
+
+Reads ``phases.csv`` from ``map_superposition_phases`` and writes a PNG plus an SVG with the
+same stem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from mechflow.plots.style import read_figure_table, save_figure, svg_path
+from mechflow.plots.superposition import phase_figure
+from mechflow.runtime import go_offline, setup_logging
+
+log = logging.getLogger(__name__)
+
+
+def run(table: Path, out: Path, title: str | None = None) -> tuple[Path, Path]:
+    svg_path(out)  # reject a bad --out before reading anything
+    fig = phase_figure(read_figure_table(table), title=title, source=str(table))
+    return save_figure(fig, out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--table", required=True, type=Path, help="phases.csv")
+    parser.add_argument("--out", required=True, type=Path, help="figure .png (SVG written beside)")
+    parser.add_argument("--title", default=None, help="replaces the default title")
+    args = parser.parse_args(argv)
+    setup_logging()
+    go_offline()
+    run(args.table, args.out, args.title)
+
+
+if __name__ == "__main__":
+    main()

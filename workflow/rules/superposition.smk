@@ -1,0 +1,145 @@
+# Toy Models of Superposition (Elhage et al. 2022): batches of toy ReLU-output models across
+# feature sparsity, their WᵀW geometry and feature dimensionality, and the n=2, m=1 phase map.
+
+localrules:
+    plot_superposition,
+    plot_dimensionality,
+    plot_superposition_phases,
+
+
+rule train_toy_model:
+    output:
+        weights=f"{RESULTS}/superposition/models/{{toy}}/model.safetensors",
+        config=f"{RESULTS}/superposition/models/{{toy}}/cfg.json",
+        loss_log=f"{RESULTS}/superposition/models/{{toy}}/train_log.csv",
+    params:
+        config=get_toy_model_config,
+        out_dir=subpath(output.weights, parent=True),
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/train_toy_model/{toy}.log",
+    benchmark:
+        "benchmarks/train_toy_model/{toy}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "python -m mechflow.steps.train_toy_model --config {params.config:q} --threads {threads}"
+        " --out-dir {params.out_dir:q} > {log:q} 2>&1"
+
+
+rule analyze_superposition:
+    input:
+        weights=f"{RESULTS}/superposition/models/{{toy}}/model.safetensors",
+        config=f"{RESULTS}/superposition/models/{{toy}}/cfg.json",
+    output:
+        wtw=f"{RESULTS}/superposition/{{toy}}/wtw.csv",
+        features=f"{RESULTS}/superposition/{{toy}}/features.csv",
+        instances=f"{RESULTS}/superposition/{{toy}}/instances.csv",
+    params:
+        model_dir=subpath(input.weights, parent=True),
+        threshold=superposition_setting("represented_threshold"),
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/analyze_superposition/{toy}.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m mechflow.steps.analyze_superposition --model-dir {params.model_dir:q}"
+        " --threshold {params.threshold} --wtw {output.wtw:q} --features {output.features:q}"
+        " --instances {output.instances:q} > {log:q} 2>&1"
+
+
+rule map_superposition_phases:
+    output:
+        f"{RESULTS}/superposition/phase_map.csv",
+    params:
+        config=get_phase_map_config,
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/map_superposition_phases/phase_map.log",
+    benchmark:
+        "benchmarks/map_superposition_phases/phase_map.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "python -m mechflow.steps.map_superposition_phases --config {params.config:q}"
+        " --threads {threads} --out {output:q} > {log:q} 2>&1"
+
+
+rule plot_superposition:
+    input:
+        wtw=f"{RESULTS}/superposition/{{toy}}/wtw.csv",
+        features=f"{RESULTS}/superposition/{{toy}}/features.csv",
+    output:
+        png=report(
+            f"{RESULTS}/figures/superposition/{{toy}}/superposition.png",
+            caption="../report/superposition.rst",
+            category="Superposition",
+            subcategory="{toy}",
+        ),
+        svg=f"{RESULTS}/figures/superposition/{{toy}}/superposition.svg",
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/plot_superposition/{toy}.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "python -m mechflow.steps.plot_superposition --wtw {input.wtw:q}"
+        " --features {input.features:q} --out {output.png:q} > {log:q} 2>&1"
+
+
+rule plot_dimensionality:
+    input:
+        features=f"{RESULTS}/superposition/{{toy}}/features.csv",
+        instances=f"{RESULTS}/superposition/{{toy}}/instances.csv",
+    output:
+        png=report(
+            f"{RESULTS}/figures/superposition/{{toy}}/dimensionality.png",
+            caption="../report/dimensionality.rst",
+            category="Superposition",
+            subcategory="{toy}",
+        ),
+        svg=f"{RESULTS}/figures/superposition/{{toy}}/dimensionality.svg",
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/plot_dimensionality/{toy}.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "python -m mechflow.steps.plot_dimensionality --features {input.features:q}"
+        " --instances {input.instances:q} --out {output.png:q} > {log:q} 2>&1"
+
+
+rule plot_superposition_phases:
+    input:
+        f"{RESULTS}/superposition/phase_map.csv",
+    output:
+        png=report(
+            f"{RESULTS}/figures/superposition/phase_map.png",
+            caption="../report/superposition_phases.rst",
+            category="Superposition",
+            subcategory="phase map",
+        ),
+        svg=f"{RESULTS}/figures/superposition/phase_map.svg",
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/plot_superposition_phases/phase_map.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "python -m mechflow.steps.plot_superposition_phases --table {input:q}"
+        " --out {output.png:q} > {log:q} 2>&1"
