@@ -7,6 +7,7 @@
 #   results/activations/{model}/{dataset}.zarr            zarr v3 activation stores, one array per hook
 #   results/models/{run}/split.npz                        a grokking run's train/test split
 #   results/superposition/models/{toy}/                    toy models of superposition
+#   results/saes/{model}/{hook}/{sae}/                    SAEs (SAELens layout), logs, metrics
 #   results/{experiment}/{model}/{analysis}.csv           tidy analysis tables
 #   results/figures/{experiment}/{model}/{figure}.png|svg figures (the report gathers the PNGs)
 #   logs/{rule}/...  benchmarks/{rule}/...                per-job logs and timings
@@ -34,6 +35,7 @@ include: "workflow/rules/activations.smk"
 include: "workflow/rules/induction.smk"
 include: "workflow/rules/grokking.smk"
 include: "workflow/rules/superposition.smk"
+include: "workflow/rules/saes.smk"
 include: "workflow/rules/figures.smk"
 
 

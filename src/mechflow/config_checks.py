@@ -136,6 +136,105 @@ def _check_superposition(superposition: dict[str, Any], problems: list[str]) -> 
             problems.append(f"experiments.superposition.phase_map.{key}: min > max")
 
 
+SWEEP_KNOBS = {
+    "relu": "l1_coefficient",
+    "jumprelu": "l1_coefficient",
+    "topk": "k",
+    "batchtopk": "k",
+}
+
+
+def sae_sweep(saes: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """SAE name (``<architecture>_<value>``) -> its SAEConfig keys (defaults + sweep point)."""
+    points = {}
+    for arch, values in saes.get("language_model", {}).get("sweeps", {}).items():
+        for value in values:
+            name = f"{arch}_{value:g}"
+            points[name] = {
+                **saes.get("defaults", {}),
+                "architecture": arch,
+                SWEEP_KNOBS[arch]: value,
+            }
+    return points
+
+
+def toy_sae_config(saes: dict[str, Any]) -> dict[str, Any]:
+    """The toy SAE's keys: defaults, then its own; one position per sample, so no BOS to skip."""
+    own = saes["toy"]["sae"]
+    defaults = dict(saes.get("defaults", {}))
+    for width in ("d_sae", "expansion_factor"):  # its own width replaces the default's
+        if width in own:
+            defaults.pop("expansion_factor" if width == "d_sae" else "d_sae", None)
+    return {**defaults, "skip_bos": False, **own}
+
+
+def hook_width(arch: Architecture, hook: str) -> int | None:
+    """The last-axis width of a hook when the architecture fixes it (else None)."""
+    if hook.endswith(("mlp.hook_pre", "mlp.hook_post")):
+        return arch.d_mlp
+    if hook.split(".")[-1] in (
+        "hook_embed", "hook_pos_embed", "hook_resid_pre", "hook_resid_mid", "hook_resid_post",
+        "hook_attn_out", "hook_mlp_out", "hook_normalized", "hook_in",
+    ):  # fmt: skip
+        return arch.d_model
+    return None
+
+
+def _check_saes(
+    saes: dict[str, Any], config: dict[str, Any], archs: dict[str, Architecture], problems: list
+) -> None:
+    from mechflow.saes.config import SAEConfig  # torch-free
+
+    def check_sae(where: str, keys: dict[str, Any], d_in: int | None, hook: str) -> None:
+        # a width known only from the store (pretrained models, other hooks) is checked by the
+        # step; here a large stand-in keeps the width-dependent checks from firing
+        try:
+            SAEConfig.from_dict({**keys, "d_in": d_in or 1 << 20, "hook_name": hook})
+        except ValueError as err:
+            problems.append(f"{where}: {err}")
+
+    lm = saes.get("language_model")
+    if lm:
+        where = "experiments.saes.language_model"
+        datasets = config.get("datasets", {})
+        model = lm["model"]
+        if model not in config.get("models", {}):
+            problems.append(f"{where}.model: unknown model {model!r}")
+        for key in ("dataset", "eval_dataset"):
+            if lm[key] not in datasets:
+                problems.append(f"{where}.{key}: unknown dataset {lm[key]!r}")
+        arch = archs.get(model)
+        for hook in lm["hooks"]:
+            if arch is not None and hook not in hook_names(arch):
+                problems.append(f"{where}.hooks: {model!r} has no hook {hook!r}")
+        names = sae_sweep(saes)
+        if not names:
+            problems.append(f"{where}.sweeps: no SAE to train (give at least one architecture)")
+        if lm.get("dashboard") and lm["dashboard"] not in names:
+            problems.append(
+                f"{where}.dashboard: {lm['dashboard']!r} is not in the sweep {sorted(names)}"
+            )
+        for name, keys in names.items():
+            for hook in lm["hooks"]:
+                width = hook_width(arch, hook) if arch is not None else None
+                check_sae(f"{where}.sweeps ({name})", keys, width, hook)
+    toy = saes.get("toy")
+    if toy:
+        where = "experiments.saes.toy"
+        toys = (config.get("experiments", {}).get("superposition") or {}).get("toy_models", {})
+        if toy["model"] not in toys:
+            problems.append(
+                f"{where}.model: unknown toy model {toy['model']!r} "
+                "(define it under experiments.superposition.toy_models)"
+            )
+            return
+        spec = toys[toy["model"]]
+        n = spec.get("n_instances", 1)
+        if not -n <= toy.get("instance", -1) < n:
+            problems.append(f"{where}.instance: {toy['instance']} but the toy model has {n}")
+        check_sae(f"{where}.sae", toy_sae_config(saes), spec["d_hidden"], "hook_hidden")
+
+
 def expand_hooks(patterns: list[str], available: list[str]) -> list[str]:
     """Expand shell-style patterns (``blocks.*.attn.hook_pattern``) against a model's hook names."""
     out: list[str] = []
@@ -255,6 +354,10 @@ def check_config(config: dict[str, Any]) -> None:
     superposition = config.get("experiments", {}).get("superposition")
     if superposition:
         _check_superposition(superposition, problems)
+
+    saes = config.get("experiments", {}).get("saes")
+    if saes:
+        _check_saes(saes, config, archs, problems)
 
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))

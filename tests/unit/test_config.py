@@ -55,6 +55,10 @@ def test_schema_fills_defaults(config):
         (lambda c: c.update(unknown_section={}), "unknown_section"),
         (lambda c: grokking_run(c).update(train_fraction=1.5), "1.5"),
         (
+            lambda c: c["experiments"]["saes"]["language_model"]["sweeps"].update(relu=[0, 1]),
+            "sweeps",
+        ),
+        (
             lambda c: c["experiments"]["superposition"]["toy_models"]["n20_m5"].update(
                 feature_probability_range=[0.0, 1.0]
             ),
@@ -123,6 +127,32 @@ def test_schema_rejects_bad_values_naming_them(config, mutate, key):
                 feature_probability=[0.5]
             ),
             "give exactly one of feature_probability, feature_probability_range",
+        ),
+        (
+            lambda c: c["experiments"]["saes"]["language_model"].update(dashboard="topk_99"),
+            "experiments.saes.language_model.dashboard: 'topk_99' is not in the sweep",
+        ),
+        (
+            lambda c: c["experiments"]["saes"]["language_model"].update(
+                hooks=["blocks.0.mlp.hook_post"]
+            ),
+            "'attn_only_2l' has no hook 'blocks.0.mlp.hook_post'",
+        ),
+        (
+            lambda c: c["experiments"]["saes"]["defaults"].update(expansion_factor=None, d_sae=8),
+            "k=16 exceeds d_sae=8",
+        ),
+        (
+            lambda c: c["experiments"]["saes"]["defaults"].update(learning_rate=0.1),
+            "unknown key(s) ['learning_rate']",
+        ),
+        (
+            lambda c: c["experiments"]["saes"]["toy"].update(model="n99"),
+            "experiments.saes.toy.model: unknown toy model 'n99'",
+        ),
+        (
+            lambda c: c["experiments"]["saes"]["toy"]["sae"].update(k=50),
+            "experiments.saes.toy.sae: sae.k: k=50 exceeds d_sae=40",
         ),
         (
             lambda c: grokking_run(c).update(modulus=111),

@@ -41,6 +41,9 @@ def test_dry_run_of_the_default_config_plans_every_figure(workflow_copy):
         assert counts[f"plot_{figure}"] == 1
     assert counts["train_toy_model"] == 2 and counts["plot_dimensionality"] == 2
     assert counts["map_superposition_phases"] == 1
+    assert counts["train_sae"] == 12 + 1  # the sweep on attn_only_2l and the toy SAE
+    assert counts["evaluate_sae"] == 12 and counts["evaluate_toy_sae"] == 1
+    assert counts["plot_sae_frontier"] == 1 and counts["plot_latent_dashboard"] == 1
 
 
 def test_bad_config_stops_before_any_job_naming_the_key(workflow_copy, tmp_path):
@@ -106,7 +109,7 @@ def test_every_figure_is_built_and_a_second_run_does_nothing(tiny_run):
         p.relative_to(tiny_run / "results/figures").as_posix()
         for p in (tiny_run / "results/figures").rglob("*.png")
     )
-    assert len(figures) == 11 + 4 + 3, figures
+    assert len(figures) == 11 + 4 + 3 + 3, figures
     for png in (tiny_run / "results/figures").rglob("*.png"):
         assert png.stat().st_size > 10_000 and png.with_suffix(".svg").stat().st_size > 10_000
     proc = snakemake(tiny_run, "-n", "--configfile", "config/test.yaml")
@@ -246,3 +249,41 @@ def test_toy_model_superposes_only_sparse_features(tiny_run):
     assert cell[(1.0, 0.1)] == "not represented"
     assert cell[(1.0, 10.0)] == "dedicated dimension"
     assert cell[(phases.feature_probability.min(), 10.0)] == "superposition"
+
+
+# --- sparse autoencoders (config/test.yaml: one SAE per architecture, and a toy SAE) -------------
+
+
+def sae_metrics(run: Path) -> pd.DataFrame:
+    folder = run / "results/saes/attn_only_2l/blocks.0.hook_resid_post"
+    return pd.concat(pd.read_csv(p) for p in sorted(folder.glob("*_metrics.csv")))
+
+
+@pytest.mark.slow
+def test_saes_reconstruct_and_recover_the_loss(tiny_run):
+    metrics = sae_metrics(tiny_run).pivot(index="sae", columns="metric", values="value")
+    assert sorted(metrics.index) == ["batchtopk_8", "jumprelu_0.3", "relu_0.3", "topk_8"]
+    assert metrics.loc["topk_8", "l0"] == pytest.approx(8.0)  # TopK hits its k exactly
+    assert metrics.loc["batchtopk_8", "l0"] < 16  # k on average, through its threshold
+    for sae, row in metrics.iterrows():
+        assert 0.0 <= row.ce_recovered_zero <= 1.05, sae
+        assert row.fvu < 0.5, sae
+        assert row.l0 < 0.5 * 512, sae  # sparse: d_sae = 8 * 64
+    assert metrics.loc["topk_8", "ce_recovered_zero"] > 0.6
+
+
+@pytest.mark.slow
+def test_sae_is_in_the_layout_saelens_loads(tiny_run):
+    sae_dir = tiny_run / "results/saes/attn_only_2l/blocks.0.hook_resid_post/topk_8"
+    cfg = yaml.safe_load((sae_dir / "cfg.json").read_text())
+    assert cfg["d_in"] == 64 and cfg["d_sae"] == 512 and cfg["architecture"] == "topk"
+    assert (sae_dir / "sae_weights.safetensors").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_toy_sae_recovers_the_true_features(tiny_run):
+    recovery = pd.read_csv(tiny_run / "results/saes/n5_m2/hook_hidden/topk_1_recovery.csv")
+    represented = recovery[recovery.represented]
+    assert len(represented) >= 4  # the sparsest instance packs 5 features into 2 dimensions
+    assert represented.recovered.mean() >= 0.9
+    assert represented.max_cosine.min() > 0.8

@@ -11,6 +11,8 @@ from mechflow.config_checks import (
     expand_hooks,
     grokking_architecture,
     grokking_training_config,
+    sae_sweep,
+    toy_sae_config,
     training_config,
 )
 from mechflow.models.config import hook_names
@@ -31,6 +33,17 @@ GROKKING = config["experiments"].get("grokking")
 GROKKING_RUNS = list(GROKKING["runs"]) if GROKKING else []
 SUPERPOSITION = config["experiments"].get("superposition")
 TOY_MODELS = list(SUPERPOSITION["toy_models"]) if SUPERPOSITION else []
+SAES = config["experiments"].get("saes") or {}
+SAE_LM = SAES.get("language_model")
+SAE_TOY = SAES.get("toy")
+SAE_SWEEP = sae_sweep(SAES)  # name -> SAEConfig keys, e.g. topk_16
+SAE_HOOKS = SAE_LM["hooks"] if SAE_LM else []
+TOY_HOOK = "hook_hidden"
+TOY_SAE = None
+if SAE_TOY:
+    _toy_keys = toy_sae_config(SAES)
+    _knob = "k" if _toy_keys["architecture"] in ("topk", "batchtopk") else "l1_coefficient"
+    TOY_SAE = f"{_toy_keys['architecture']}_{_toy_keys[_knob]:g}"
 
 
 def alternation(names):
@@ -43,6 +56,9 @@ wildcard_constraints:
     model=alternation(MODELS),
     run=alternation(GROKKING_RUNS),
     toy=alternation(TOY_MODELS),
+    sae=alternation(list(SAE_SWEEP) + ([TOY_SAE] if TOY_SAE else [])),
+    hook=alternation(SAE_HOOKS + [TOY_HOOK]),
+    source=alternation(([SAE_LM["model"]] if SAE_LM else []) + ([SAE_TOY["model"]] if SAE_TOY else [])),
 
 
 # --- devices --------------------------------------------------------------------------------
@@ -114,6 +130,8 @@ def cache_hooks(model, dataset):
     if INDUCTION and model in INDUCTION_MODELS and dataset == INDUCTION["eval_dataset"]:
         patterns.append(PATTERN_HOOKS)
     patterns += ACTIVATIONS.get("extra_hooks", {}).get(model, [])
+    if SAE_LM and model == SAE_LM["model"] and dataset in (SAE_LM["dataset"], SAE_LM["eval_dataset"]):
+        patterns += SAE_HOOKS
     arch = architecture_of(config["models"][model])
     return expand_hooks(patterns, hook_names(arch)) if arch else patterns
 
@@ -187,7 +205,7 @@ def get_train_fraction(wildcards):
 
 
 def get_data_seed(wildcards):
-    return grokking_run(wildcards)["data_seed"]
+    return grokking_run(wildcards).get("data_seed", 0)
 
 
 def get_grokking_architecture(wildcards):
@@ -221,8 +239,58 @@ def superposition_setting(key):
     return SUPERPOSITION[key] if SUPERPOSITION else None
 
 
+# --- sparse autoencoders ----------------------------------------------------------------------
+def get_sae_store(wildcards):
+    if SAE_TOY and wildcards.source == SAE_TOY["model"]:
+        return f"{RESULTS}/saes/{wildcards.source}/{TOY_HOOK}.zarr"
+    return activation_store(wildcards.source, SAE_LM["dataset"])
+
+
+def get_sae_config(wildcards):
+    if SAE_TOY and wildcards.source == SAE_TOY["model"]:
+        return json.dumps(toy_sae_config(SAES), sort_keys=True)
+    return json.dumps(SAE_SWEEP[wildcards.sae], sort_keys=True)
+
+
+def sae_dir(source, hook, sae):
+    return f"{RESULTS}/saes/{source}/{hook}/{sae}"
+
+
+def get_sae_eval_store(wildcards):
+    return activation_store(wildcards.model, SAE_LM["eval_dataset"])
+
+
+def get_sae_eval_tokens(wildcards):
+    return dataset_path(SAE_LM["eval_dataset"])
+
+
+# Defaults again here: the schema's defaults behind a $ref are not filled in by Snakemake.
+SAE_LM_DEFAULTS = {"n_dashboard_latents": 4, "eval_max_sequences": 128}
+SAE_TOY_DEFAULTS = {"instance": -1, "n_samples": 100000, "seed": 0, "recovery_threshold": 0.9}
+
+
+def sae_lm_setting(key):
+    return SAE_LM.get(key, SAE_LM_DEFAULTS.get(key)) if SAE_LM else None
+
+
+def sae_toy_setting(key):
+    return SAE_TOY.get(key, SAE_TOY_DEFAULTS.get(key)) if SAE_TOY else None
+
+
+def get_sweep_metrics(wildcards):
+    return [f"{sae_dir(wildcards.model, wildcards.hook, sae)}_metrics.csv" for sae in SAE_SWEEP]
+
+
 def get_all_targets(wildcards=None):
     targets = []
+    if SAE_LM:
+        for hook in SAE_HOOKS:
+            figures = f"{RESULTS}/figures/saes/{SAE_LM['model']}/{hook}"
+            targets.append(f"{figures}/frontier.png")
+            if SAE_LM.get("dashboard"):
+                targets.append(f"{figures}/dashboard_{SAE_LM['dashboard']}.png")
+    if SAE_TOY:
+        targets.append(f"{RESULTS}/figures/saes/{SAE_TOY['model']}/recovery_{TOY_SAE}.png")
     if SUPERPOSITION:
         targets.append(f"{RESULTS}/figures/superposition/phase_map.png")
     for toy in TOY_MODELS:

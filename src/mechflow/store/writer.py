@@ -395,6 +395,62 @@ def write_activation_store(
     return out
 
 
+def write_array_store(
+    out: str | Path,
+    arrays: Mapping[str, np.ndarray],
+    *,
+    provenance: Mapping[str, Any],
+    tokens: Int[np.ndarray, "seq pos"] | None = None,
+    dtype: str = "float32",
+    compression: str = "none",
+) -> Path:
+    """Write activations computed elsewhere (a toy model's hidden layer) as an activation store.
+
+    Same layout, attrs and ``complete``-last contract as :func:`write_activation_store`, so
+    readers and the SAE trainer cannot tell the difference. Arrays are ``(seq, pos, ...)``;
+    ``tokens`` defaults to the row index (there are no tokens).
+    """
+    out = Path(out)
+    missing = [k for k in REQUIRED_PROVENANCE if not provenance.get(k)]
+    if missing:
+        raise ValueError(f"provenance lacks {missing}")
+    shapes = {h: a.shape for h, a in arrays.items()}
+    n_seq, n_pos = next(iter(shapes.values()))[:2]
+    bad = {h: s for h, s in shapes.items() if s[:2] != (n_seq, n_pos)}
+    if bad:
+        raise ValueError(f"arrays disagree on (seq, pos) = {(n_seq, n_pos)}: {bad}")
+    if tokens is None:
+        tokens = np.repeat(np.arange(n_seq, dtype=np.int32)[:, None], n_pos, axis=1)
+    hooks = list(arrays)
+    meta = {
+        **provenance,
+        "hooks": hooks,
+        "dtype": dtype,
+        "compression": compression,
+        "batch_size": n_seq,
+        "chunk_size": None,
+        "n_sequences": n_seq,
+        "n_pos": n_pos,
+        "package_versions": package_versions(),
+        "git_revision": git_revision(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    meta["config_hash"] = config_hash(_identity(meta))
+    row_bytes = sum(int(np.prod(s[1:])) for s in shapes.values()) * np.dtype(dtype).itemsize
+    meta["chunk_rows"] = auto_chunk_rows(n_seq, row_bytes, n_seq)
+    meta["dimension_names"] = {h: list(dimension_names(h, shapes[h])) for h in hooks}
+    if out.exists():
+        shutil.rmtree(out)
+    group = _create(out, meta, {TOKENS: (n_seq, n_pos), **shapes}, dtype, compression)
+    group[TOKENS][:] = tokens.astype(np.int32)
+    for hook, values in arrays.items():
+        group[hook][:] = values.astype(dtype)
+    group.attrs["rows_written"] = n_seq
+    group.attrs["complete"] = True
+    log.info("wrote %s: %d rows, hooks %s", out, n_seq, hooks)
+    return out
+
+
 def background_writes(device: torch.device | str) -> bool:
     """Write on a second thread only when it will not steal a core from the forward pass.
 

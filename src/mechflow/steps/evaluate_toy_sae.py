@@ -1,0 +1,88 @@
+"""How many of a toy model's true features an SAE trained on its hidden layer recovers.
+
+The true features are the columns W_i of the toy model instance (their directions in the hidden
+space); a feature is recovered when some decoder row has cosine similarity >= ``--threshold``
+with it. Only features the model represents (‖W_i‖ >= ``--represented``) can be recovered.
+Writes ``feature, importance, norm, represented, max_cosine, best_latent, recovered``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from mechflow.artifacts import write_table
+from mechflow.runtime import go_offline, setup_logging
+
+log = logging.getLogger(__name__)
+
+
+def run(
+    sae_dir: Path,
+    model_dir: Path,
+    out: Path,
+    threshold: float = 0.9,
+    represented: float = 0.5,
+) -> pd.DataFrame:
+    from mechflow.models.toy_superposition import load_toy_model
+    from mechflow.saes.saelens_format import load_sae, sae_metadata
+
+    sae, cfg = load_sae(sae_dir)
+    ours = sae_metadata(cfg).get("mechflow") or {}
+    instance = ours.get("store_instance")
+    model, toy_cfg = load_toy_model(model_dir)
+    if instance is None:
+        raise ValueError(f"--sae {sae_dir}: cfg.json does not say which toy instance it read")
+    w = model.W[int(instance)].detach().T  # feature d_hidden
+    if w.shape[1] != sae.W_dec.shape[1]:
+        raise ValueError(
+            f"--sae {sae_dir} reads width {sae.W_dec.shape[1]}, {model_dir} has d_hidden {w.shape[1]}"
+        )
+    norms = w.norm(dim=1)
+    dec = sae.W_dec.detach() / sae.W_dec.detach().norm(dim=1, keepdim=True).clamp_min(1e-12)
+    cos = (w / norms[:, None].clamp_min(1e-12)) @ dec.T  # feature latent
+    best, best_latent = cos.max(dim=1)
+    df = pd.DataFrame(
+        {
+            "feature": range(len(w)),
+            "importance": toy_cfg.importance(),
+            "norm": norms.numpy(),
+            "represented": (norms >= represented).numpy(),
+            "max_cosine": best.numpy(),
+            "best_latent": best_latent.numpy(),
+        }
+    )
+    df["recovered"] = df["represented"] & (df["max_cosine"] >= threshold)
+    df.insert(0, "sae", sae_dir.name)
+    write_table(df, out)
+    n_rep = int(df.represented.sum())
+    log.info(
+        "%s recovers %d of %d represented features (cosine >= %g)",
+        sae_dir.name,
+        int(df.recovered.sum()),
+        n_rep,
+        threshold,
+    )
+    return df
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sae", required=True, type=Path, help="SAE directory")
+    parser.add_argument("--model-dir", required=True, type=Path, help="toy-model directory")
+    parser.add_argument("--threshold", type=float, default=0.9)
+    parser.add_argument("--represented", type=float, default=0.5)
+    parser.add_argument("--out", required=True, type=Path, help="recovery.csv")
+    args = parser.parse_args(argv)
+    setup_logging()
+    go_offline()
+    with torch.no_grad():
+        run(args.sae, args.model_dir, args.out, args.threshold, args.represented)
+
+
+if __name__ == "__main__":
+    main()

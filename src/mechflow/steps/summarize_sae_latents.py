@@ -1,0 +1,174 @@
+"""Summarise a few latents of a trained SAE for a dashboard: top-activating contexts, activation
+histograms and direct logit effects.
+
+Reads the SAE directory (SAELens layout), its hook's activations from ``--store`` (which must
+hold that hook and come from ``--model-dir``) and the model's unembedding. Latents are
+``--latents`` or the ``--n-latents`` most frequently firing among those firing on fewer than
+``--max-frequency`` of tokens. Writes three tidy tables:
+
+- ``--contexts``: latent, rank, seq, pos, activation, token, context (ids around the token,
+  the activating one bracketed: ``"12 87 [45] 3"``); at most ``--top-k`` rows per latent.
+- ``--histograms``: latent, bin_left, bin_right, count, frequency (of the nonzero activations;
+  counts sum to the latent's firing count, frequency = firing count / tokens).
+- ``--logits``: latent, sign (positive/negative), rank, token, value (W_dec[latent] @ W_U,
+  final LayerNorm scale ignored).
+
+Position 0 (BOS) is left out when the SAE was trained without it, as in evaluate_sae.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from mechflow.artifacts import write_table
+from mechflow.runtime import go_offline, pick_device, set_threads, setup_logging
+
+log = logging.getLogger(__name__)
+
+
+def run(
+    sae_dir: Path,
+    store: Path,
+    model_dir: Path,
+    contexts_out: Path,
+    histograms_out: Path,
+    logits_out: Path,
+    *,
+    latents: list[int] | None = None,
+    n_latents: int = 4,
+    max_frequency: float = 0.5,
+    top_k: int = 8,
+    context: int = 6,
+    after: int = 2,
+    bins: int = 30,
+    n_logits: int = 8,
+    batch_size: int = 64,
+    device: str = "auto",
+):
+    from mechflow.models.build import load_model, model_fingerprint
+    from mechflow.saes.dashboard import summarize_latents
+    from mechflow.saes.saelens_format import load_sae, sae_metadata
+    from mechflow.store.reader import ProvenanceMismatchError, open_store
+
+    for flag, value, low in (
+        ("--n-latents", n_latents, 1), ("--top-k", top_k, 1), ("--context", context, 0),
+        ("--after", after, 0), ("--bins", bins, 1), ("--n-logits", n_logits, 1),
+        ("--batch-size", batch_size, 1),
+    ):  # fmt: skip
+        if value < low:
+            raise ValueError(f"{flag} must be >= {low}, got {value}")
+    if not 0 < max_frequency <= 1:
+        raise ValueError(f"--max-frequency must lie in (0, 1], got {max_frequency}")
+
+    sae, cfg = load_sae(sae_dir)
+    meta = sae_metadata(cfg)
+    hook = meta.get("hook_name")
+    if not hook:
+        raise ValueError(f"--sae {sae_dir}: cfg.json names no hook_name")
+    ours = meta.get("mechflow") or {}
+    skip_bos = bool(ours.get("skip_bos", False))
+    if latents is not None:
+        bad = [i for i in latents if not 0 <= i < sae.d_sae]
+        if bad:
+            raise ValueError(f"--latents {bad}: out of range for the SAE's d_sae={sae.d_sae}")
+
+    fingerprint = model_fingerprint(model_dir)
+    if ours.get("model_hash") not in (None, fingerprint):
+        raise ValueError(
+            f"--sae {sae_dir} was trained on activations of another model than --model-dir "
+            f"{model_dir} (model_hash {ours['model_hash']!r}, expected {fingerprint!r})"
+        )
+    acts = open_store(store)  # IncompleteStoreError names the store and why
+    if hook not in acts.hooks:
+        raise ValueError(
+            f"--store {store} has no hook {hook!r} (the hook_name of --sae {sae_dir}); "
+            f"it has {acts.hooks}"
+        )
+    try:
+        open_store(store, expect={"model_hash": fingerprint})
+    except ProvenanceMismatchError as err:
+        raise ValueError(
+            f"--store {store} was cached from another model than --model-dir {model_dir} "
+            f"(model_hash {err.found!r}, expected {err.expected!r})"
+        ) from err
+    width = 1
+    for size in acts.array(hook).shape[2:]:
+        width *= int(size)
+    if width != sae.d_in:
+        raise ValueError(
+            f"--sae d_in is {sae.d_in} but {hook} in --store {store} has width {width}"
+        )
+
+    dev = pick_device(device)
+    model = load_model(model_dir, device=dev)
+    summary = summarize_latents(
+        sae.to(dev), acts, hook, model, latents=latents, n_latents=n_latents,
+        max_frequency=max_frequency, skip_bos=skip_bos, top_k=top_k, context=context,
+        after=after, bins=bins, n_logits=n_logits, batch_size=batch_size,
+    )  # fmt: skip
+    write_table(summary.contexts, contexts_out)
+    write_table(summary.histograms, histograms_out)
+    write_table(summary.logits, logits_out)
+    freq = summary.stats.frequency
+    log.info(
+        "%s: latents %s (firing on %s of %d tokens)",
+        sae_dir.name, summary.latents,
+        ", ".join(f"{freq[i]:.1%}" for i in summary.latents), summary.stats.n_tokens,
+    )  # fmt: skip
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sae", required=True, type=Path, help="SAE directory (SAELens layout)")
+    parser.add_argument("--store", required=True, type=Path, help="activation store (.zarr)")
+    parser.add_argument("--model-dir", required=True, type=Path)
+    parser.add_argument(
+        "--latents", type=int, nargs="+", default=None, help="latents to show (default: chosen)"
+    )
+    parser.add_argument("--n-latents", type=int, default=4, help="latents chosen without --latents")
+    parser.add_argument(
+        "--max-frequency",
+        type=float,
+        default=0.5,
+        help="chosen latents fire on fewer than this fraction of tokens (if enough do)",
+    )
+    parser.add_argument("--top-k", type=int, default=8, help="top-activating contexts per latent")
+    parser.add_argument("--context", type=int, default=6, help="tokens shown before the token")
+    parser.add_argument("--after", type=int, default=2, help="tokens shown after the token")
+    parser.add_argument("--bins", type=int, default=30, help="histogram bins per latent")
+    parser.add_argument("--n-logits", type=int, default=8, help="tokens per sign of logit effect")
+    parser.add_argument("--batch-size", type=int, default=64, help="sequences per store read")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--contexts", required=True, type=Path, help="top contexts table (.csv)")
+    parser.add_argument("--histograms", required=True, type=Path, help="histogram table (.csv)")
+    parser.add_argument("--logits", required=True, type=Path, help="logit effect table (.csv)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    go_offline()
+    set_threads(args.threads)
+    run(
+        args.sae,
+        args.store,
+        args.model_dir,
+        args.contexts,
+        args.histograms,
+        args.logits,
+        latents=args.latents,
+        n_latents=args.n_latents,
+        max_frequency=args.max_frequency,
+        top_k=args.top_k,
+        context=args.context,
+        after=args.after,
+        bins=args.bins,
+        n_logits=args.n_logits,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+
+
+if __name__ == "__main__":
+    main()

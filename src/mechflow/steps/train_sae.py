@@ -1,0 +1,146 @@
+"""Train one sparse autoencoder on one hook of an activation store, saved in SAELens's layout.
+
+Writes ``--out`` (a directory: ``cfg.json`` + ``sae_weights.safetensors``, loadable with
+SAELens's ``SAE.load_from_disk``) and ``--log`` (the training curve: one row per logged step).
+The SAE config is JSON (inline or a file): ``architecture``, ``d_sae`` or ``expansion_factor``,
+``l1_coefficient`` or ``k``, ... (see ``mechflow.saes.config.SAEConfig``); ``hook_name`` and
+``d_in`` default to ``--hook`` and the store's width. Refuses, before training, a store that is
+incomplete or lacks the hook and a config that is invalid (k > d_sae, coefficient <= 0, unknown
+keys). A killed run resumes from ``--checkpoint`` (default ``<out>.ckpt.pt``), deleted on success.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from mechflow.artifacts import write_table
+from mechflow.runtime import go_offline, pick_device, set_threads, setup_logging
+from mechflow.saes.config import SAEConfig
+
+log = logging.getLogger(__name__)
+
+
+def read_sae_config(value: str) -> dict[str, Any]:
+    """Inline JSON (starting with ``{``) or the path of a JSON file."""
+    text = value if value.lstrip().startswith("{") else None
+    if text is None:
+        path = Path(value)
+        if not path.is_file():
+            raise FileNotFoundError(f"--sae-config: no such file (and not inline JSON): {value}")
+        text = path.read_text()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--sae-config: not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"--sae-config: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def default_checkpoint(out: Path) -> Path:
+    """Beside the output directory, not inside it: Snakemake deletes a failed job's outputs."""
+    return out.with_name(out.name + ".ckpt.pt")
+
+
+def run(
+    store: Path,
+    hook: str,
+    sae_config: dict[str, Any],
+    out: Path,
+    log_path: Path,
+    *,
+    checkpoint: Path | None = None,
+    device: str = "auto",
+    progress: bool = True,
+):
+    from mechflow.saes.saelens_format import save_sae
+    from mechflow.saes.training import StoreSource, train_sae
+    from mechflow.store.reader import open_store
+
+    acts = open_store(store)  # IncompleteStoreError names the store and why
+    if hook not in acts.hooks:
+        raise ValueError(
+            f"--hook {hook!r}: the store {store} has no such hook; it has {acts.hooks}"
+        )
+    data = dict(sae_config)
+    if data.setdefault("hook_name", hook) != hook:
+        raise ValueError(
+            f"--sae-config hook_name {data['hook_name']!r} differs from --hook {hook!r}"
+        )
+    source = StoreSource(acts, hook, skip_bos=bool(data.get("skip_bos", True)))
+    data.setdefault("d_in", source.d_in)
+    cfg = SAEConfig.from_dict(data)  # ValueError naming the bad key
+    if cfg.d_in != source.d_in:
+        raise ValueError(f"sae.d_in is {cfg.d_in} but {hook} in {store} has width {source.d_in}")
+    checkpoint = checkpoint or default_checkpoint(out)
+    log.info(
+        "training a %s SAE (d_in %d, d_sae %d) on %s of %s: %d tokens in the store, %d to train",
+        cfg.architecture, cfg.d_in, cfg.d_sae, hook, store, source.n_tokens, cfg.total_tokens,
+    )  # fmt: skip
+    result = train_sae(
+        cfg, source, device=pick_device(device), checkpoint=checkpoint, progress=progress
+    )
+    prov = acts.provenance
+    save_sae(
+        result.sae,
+        out,
+        hook_name=hook,
+        model_name=prov.get("model"),
+        context_size=prov.get("n_pos"),
+        dataset_path=prov.get("dataset"),
+        mechflow={
+            "config": cfg.to_dict(),
+            "skip_bos": cfg.skip_bos,
+            "input_scale_folded": result.input_scale,
+            "trained_tokens": result.tokens,
+            "dead_fraction": result.dead_fraction,
+            "store": str(store),
+            "store_config_hash": prov.get("config_hash"),
+            "model_hash": prov.get("model_hash"),
+            "dataset_sha256": prov.get("dataset_sha256"),
+            "store_instance": prov.get("instance"),  # toy-model stores: which instance
+        },
+    )
+    write_table(result.log, log_path)
+    checkpoint.unlink(missing_ok=True)
+    last = result.log.iloc[-1]
+    log.info(
+        "wrote %s: final mse %.4g, fvu %.4g, l0 %.2f, dead %.1f%%",
+        out, last["mse"], last["fvu"], last["l0"], 100 * result.dead_fraction,
+    )  # fmt: skip
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--store", required=True, type=Path, help="activation store (.zarr)")
+    parser.add_argument("--hook", required=True, help="full TransformerLens hook name")
+    parser.add_argument(
+        "--sae-config", required=True, help="SAE config: inline JSON object or a .json file"
+    )
+    parser.add_argument("--checkpoint", type=Path, default=None, help="default <out>.ckpt.pt")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--log", required=True, type=Path, help="training log (.csv)")
+    parser.add_argument("--out", required=True, type=Path, help="SAE directory (SAELens layout)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    go_offline()
+    set_threads(args.threads)
+    run(
+        args.store,
+        args.hook,
+        read_sae_config(args.sae_config),
+        args.out,
+        args.log,
+        checkpoint=args.checkpoint,
+        device=args.device,
+    )
+
+
+if __name__ == "__main__":
+    main()

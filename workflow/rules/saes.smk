@@ -1,0 +1,209 @@
+# Sparse autoencoders (Bricken et al. 2023 and successors) trained from activation stores: a
+# sweep of architectures and sparsities on a language model's hook, evaluated by reconstruction
+# and CE loss recovered; and one SAE on a toy model's hidden layer, scored against the known
+# features. The trainer reads any store; it does not know which model made it.
+
+localrules:
+    plot_sae_frontier,
+    plot_latent_dashboard,
+    plot_toy_recovery,
+
+
+rule cache_toy_activations:
+    input:
+        weights=f"{RESULTS}/superposition/models/{{toy}}/model.safetensors",
+        config=f"{RESULTS}/superposition/models/{{toy}}/cfg.json",
+    output:
+        directory(f"{RESULTS}/saes/{{toy}}/{TOY_HOOK}.zarr"),
+    params:
+        model_dir=subpath(input.weights, parent=True),
+        instance=sae_toy_setting("instance"),
+        n_samples=sae_toy_setting("n_samples"),
+        seed=sae_toy_setting("seed"),
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/cache_toy_activations/{toy}.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m mechflow.steps.cache_toy_activations --model-dir {params.model_dir:q}"
+        " --instance {params.instance} --n-samples {params.n_samples} --seed {params.seed}"
+        " --out {output:q} > {log:q} 2>&1"
+
+
+rule train_sae:
+    input:
+        get_sae_store,
+    output:
+        sae=directory(f"{RESULTS}/saes/{{source}}/{{hook}}/{{sae}}"),
+        train_log=f"{RESULTS}/saes/{{source}}/{{hook}}/{{sae}}_train_log.csv",
+    params:
+        device=get_device,
+        config=get_sae_config,
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/train_sae/{source}/{hook}/{sae}.log",
+    benchmark:
+        "benchmarks/train_sae/{source}/{hook}/{sae}.tsv"
+    threads: 1
+    resources:
+        gpu=GPU_HERE,
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "python -m mechflow.steps.train_sae --store {input:q} --hook {wildcards.hook}"
+        " --sae-config {params.config:q} --threads {threads} --device {params.device}"
+        " --log {output.train_log:q} --out {output.sae:q} > {log:q} 2>&1"
+
+
+rule evaluate_sae:
+    input:
+        sae=f"{RESULTS}/saes/{{model}}/{{hook}}/{{sae}}",
+        store=get_sae_eval_store,
+        weights=f"{RESULTS}/models/{{model}}/model.safetensors",
+        tokens=get_sae_eval_tokens,
+    output:
+        f"{RESULTS}/saes/{{model}}/{{hook}}/{{sae}}_metrics.csv",
+    params:
+        device=get_device,
+        model_dir=subpath(input.weights, parent=True),
+        max_sequences=sae_lm_setting("eval_max_sequences"),
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/evaluate_sae/{model}/{hook}/{sae}.log",
+    threads: 1
+    resources:
+        gpu=GPU_HERE,
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "python -m mechflow.steps.evaluate_sae --sae {input.sae:q} --store {input.store:q}"
+        " --model-dir {params.model_dir:q} --tokens {input.tokens:q}"
+        " --max-sequences {params.max_sequences} --threads {threads} --device {params.device}"
+        " --out {output:q} > {log:q} 2>&1"
+
+
+rule summarize_sae_latents:
+    input:
+        sae=f"{RESULTS}/saes/{{model}}/{{hook}}/{{sae}}",
+        store=get_sae_eval_store,
+        weights=f"{RESULTS}/models/{{model}}/model.safetensors",
+    output:
+        contexts=f"{RESULTS}/saes/{{model}}/{{hook}}/{{sae}}_latents/contexts.csv",
+        histograms=f"{RESULTS}/saes/{{model}}/{{hook}}/{{sae}}_latents/histograms.csv",
+        logits=f"{RESULTS}/saes/{{model}}/{{hook}}/{{sae}}_latents/logits.csv",
+    params:
+        model_dir=subpath(input.weights, parent=True),
+        n_latents=sae_lm_setting("n_dashboard_latents"),
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/summarize_sae_latents/{model}/{hook}/{sae}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "python -m mechflow.steps.summarize_sae_latents --sae {input.sae:q} --store {input.store:q}"
+        " --model-dir {params.model_dir:q} --n-latents {params.n_latents} --threads {threads}"
+        " --device cpu --contexts {output.contexts:q} --histograms {output.histograms:q}"
+        " --logits {output.logits:q} > {log:q} 2>&1"
+
+
+rule evaluate_toy_sae:
+    input:
+        sae=f"{RESULTS}/saes/{{toy}}/{TOY_HOOK}/{{sae}}",
+        weights=f"{RESULTS}/superposition/models/{{toy}}/model.safetensors",
+    output:
+        f"{RESULTS}/saes/{{toy}}/{TOY_HOOK}/{{sae}}_recovery.csv",
+    params:
+        model_dir=subpath(input.weights, parent=True),
+        threshold=sae_toy_setting("recovery_threshold"),
+        represented=superposition_setting("represented_threshold"),
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/evaluate_toy_sae/{toy}/{sae}.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m mechflow.steps.evaluate_toy_sae --sae {input.sae:q} --model-dir {params.model_dir:q}"
+        " --threshold {params.threshold} --represented {params.represented}"
+        " --out {output:q} > {log:q} 2>&1"
+
+
+rule plot_sae_frontier:
+    input:
+        get_sweep_metrics,
+    output:
+        png=report(
+            f"{RESULTS}/figures/saes/{{model}}/{{hook}}/frontier.png",
+            caption="../report/sae_frontier.rst",
+            category="Sparse autoencoders",
+            subcategory="{model} {hook}",
+        ),
+        svg=f"{RESULTS}/figures/saes/{{model}}/{{hook}}/frontier.svg",
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/plot_sae_frontier/{model}/{hook}.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "python -m mechflow.steps.plot_sae_frontier --metrics {input:q} --out {output.png:q}"
+        " > {log:q} 2>&1"
+
+
+rule plot_latent_dashboard:
+    input:
+        contexts=f"{RESULTS}/saes/{{model}}/{{hook}}/{{sae}}_latents/contexts.csv",
+        histograms=f"{RESULTS}/saes/{{model}}/{{hook}}/{{sae}}_latents/histograms.csv",
+        logits=f"{RESULTS}/saes/{{model}}/{{hook}}/{{sae}}_latents/logits.csv",
+    output:
+        png=report(
+            f"{RESULTS}/figures/saes/{{model}}/{{hook}}/dashboard_{{sae}}.png",
+            caption="../report/latent_dashboard.rst",
+            category="Sparse autoencoders",
+            subcategory="{model} {hook}",
+        ),
+        svg=f"{RESULTS}/figures/saes/{{model}}/{{hook}}/dashboard_{{sae}}.svg",
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/plot_latent_dashboard/{model}/{hook}/{sae}.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "python -m mechflow.steps.plot_latent_dashboard --contexts {input.contexts:q}"
+        " --histograms {input.histograms:q} --logits {input.logits:q} --out {output.png:q}"
+        " > {log:q} 2>&1"
+
+
+rule plot_toy_recovery:
+    input:
+        f"{RESULTS}/saes/{{toy}}/{TOY_HOOK}/{{sae}}_recovery.csv",
+    output:
+        png=report(
+            f"{RESULTS}/figures/saes/{{toy}}/recovery_{{sae}}.png",
+            caption="../report/toy_recovery.rst",
+            category="Sparse autoencoders",
+            subcategory="{toy}",
+        ),
+        svg=f"{RESULTS}/figures/saes/{{toy}}/recovery_{{sae}}.svg",
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/plot_toy_recovery/{toy}/{sae}.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "python -m mechflow.steps.plot_toy_recovery --table {input:q} --out {output.png:q}"
+        " > {log:q} 2>&1"
