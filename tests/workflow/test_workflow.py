@@ -32,7 +32,7 @@ def test_dry_run_of_the_default_config_plans_every_figure(workflow_copy):
         if len(line.split()) == 2 and line.split()[1].isdigit()
     }
     assert counts["train_model"] == 2
-    assert counts["cache_activations"] == 2
+    assert counts["cache_activations"] == 2 + 2  # the induction probes, and the SAE train/eval caches
     assert counts["plot_composition"] == 1  # only the 2-layer model has composition
     assert counts["plot_phase_change"] == 2
     assert counts["train_grokking_model"] == 1

@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 
+from mechflow.models.config import strict_from_dict
 from mechflow.models.toy_superposition import (
     LR_SCHEDULES,
     ToyModel,
@@ -317,13 +318,7 @@ class PhaseMapConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"phase_map: unknown key(s) {unknown}; expected some of {sorted(known)}"
-            )
-        return cls(**data)
+        return strict_from_dict(cls, data, "phase_map")
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 
 
-def _from_dict(cls, data: dict[str, Any], where: str):
+def strict_from_dict(cls, data: dict[str, Any], where: str):
+    """``cls(**data)``, but an unknown key is an error that names it and the known ones."""
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -72,7 +73,7 @@ class Architecture:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
-        return _from_dict(cls, data, "architecture")
+        return strict_from_dict(cls, data, "architecture")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,7 +116,7 @@ class TrainingConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
-        return _from_dict(cls, data, "training")
+        return strict_from_dict(cls, data, "training")
 
 
 _BLOCK_HOOKS_ATTN = (
@@ -204,4 +205,4 @@ class FullBatchTrainingConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
-        return _from_dict(cls, data, "training")
+        return strict_from_dict(cls, data, "training")

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from mechflow.artifacts import atomic_path, read_json, write_json
+from mechflow.models.config import strict_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -151,13 +152,7 @@ class ToyModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"toy_model: unknown key(s) {unknown}; expected some of {sorted(known)}"
-            )
-        return cls(**data)
+        return strict_from_dict(cls, data, "toy_model")
 
     def to_dict(self) -> dict[str, Any]:
         return {

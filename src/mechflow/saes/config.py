@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Self
 
-from mechflow.models.config import HOOK_NAME_PATTERN
+from mechflow.models.config import HOOK_NAME_PATTERN, strict_from_dict
 
 # Root-level hook points of other HookedRootModules (the toy models' ``hook_hidden``).
 ROOT_HOOK = re.compile(r"^hook_[a-z_]+$")
@@ -217,11 +217,7 @@ class SAEConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"sae: unknown key(s) {unknown}; expected some of {sorted(known)}")
-        return cls(**data)
+        return strict_from_dict(cls, data, "sae")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

@@ -42,31 +42,17 @@ def run(
     dense_threshold: float = 0.1,
     device: str = "auto",
 ) -> pd.DataFrame:
-    from mechflow.models.build import load_model, model_fingerprint
+    from mechflow.models.build import load_model
     from mechflow.saes.evaluate import activation_metrics, ce_loss_recovered, store_token_batches
-    from mechflow.saes.saelens_format import load_sae, sae_metadata
-    from mechflow.store.reader import open_store
+    from mechflow.saes.inputs import open_sae_inputs
 
     if max_sequences is not None and max_sequences < 1:
         raise ValueError(f"--max-sequences must be >= 1, got {max_sequences}")
-    sae, cfg = load_sae(sae_dir)
-    meta = sae_metadata(cfg)
-    hook = meta.get("hook_name")
-    if not hook:
-        raise ValueError(f"--sae {sae_dir}: cfg.json names no hook_name")
-    ours = meta.get("mechflow") or {}
-    skip_bos = bool(ours.get("skip_bos", False))
-    architecture = ours.get("architecture", cfg.get("architecture"))
+    inputs = open_sae_inputs(sae_dir, store, model_dir)
+    sae, hook, acts, skip_bos = inputs.sae, inputs.hook, inputs.acts, inputs.skip_bos
+    architecture = inputs.architecture
     model_cfg = read_model_config(model_dir)
     tokens = check_tokens(tokens_path, d_vocab=model_cfg["d_vocab"], n_ctx=model_cfg["n_ctx"])
-    acts = open_store(store, expect={"model_hash": model_fingerprint(model_dir), "hooks": [hook]})
-    width = 1
-    for size in acts.array(hook).shape[2:]:
-        width *= int(size)
-    if width != sae.d_in:
-        raise ValueError(
-            f"--sae d_in is {sae.d_in} but {hook} in --store {store} has width {width}"
-        )
 
     dev = pick_device(device)
     sae = sae.to(dev)

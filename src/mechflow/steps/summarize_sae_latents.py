@@ -47,10 +47,9 @@ def run(
     batch_size: int = 64,
     device: str = "auto",
 ):
-    from mechflow.models.build import load_model, model_fingerprint
+    from mechflow.models.build import load_model
     from mechflow.saes.dashboard import summarize_latents
-    from mechflow.saes.saelens_format import load_sae, sae_metadata
-    from mechflow.store.reader import ProvenanceMismatchError, open_store
+    from mechflow.saes.inputs import open_sae_inputs
 
     for flag, value, low in (
         ("--n-latents", n_latents, 1), ("--top-k", top_k, 1), ("--context", context, 0),
@@ -62,50 +61,18 @@ def run(
     if not 0 < max_frequency <= 1:
         raise ValueError(f"--max-frequency must lie in (0, 1], got {max_frequency}")
 
-    sae, cfg = load_sae(sae_dir)
-    meta = sae_metadata(cfg)
-    hook = meta.get("hook_name")
-    if not hook:
-        raise ValueError(f"--sae {sae_dir}: cfg.json names no hook_name")
-    ours = meta.get("mechflow") or {}
-    skip_bos = bool(ours.get("skip_bos", False))
+    inputs = open_sae_inputs(sae_dir, store, model_dir)
+    sae, hook, acts = inputs.sae, inputs.hook, inputs.acts
     if latents is not None:
         bad = [i for i in latents if not 0 <= i < sae.d_sae]
         if bad:
             raise ValueError(f"--latents {bad}: out of range for the SAE's d_sae={sae.d_sae}")
 
-    fingerprint = model_fingerprint(model_dir)
-    if ours.get("model_hash") not in (None, fingerprint):
-        raise ValueError(
-            f"--sae {sae_dir} was trained on activations of another model than --model-dir "
-            f"{model_dir} (model_hash {ours['model_hash']!r}, expected {fingerprint!r})"
-        )
-    acts = open_store(store)  # IncompleteStoreError names the store and why
-    if hook not in acts.hooks:
-        raise ValueError(
-            f"--store {store} has no hook {hook!r} (the hook_name of --sae {sae_dir}); "
-            f"it has {acts.hooks}"
-        )
-    try:
-        open_store(store, expect={"model_hash": fingerprint})
-    except ProvenanceMismatchError as err:
-        raise ValueError(
-            f"--store {store} was cached from another model than --model-dir {model_dir} "
-            f"(model_hash {err.found!r}, expected {err.expected!r})"
-        ) from err
-    width = 1
-    for size in acts.array(hook).shape[2:]:
-        width *= int(size)
-    if width != sae.d_in:
-        raise ValueError(
-            f"--sae d_in is {sae.d_in} but {hook} in --store {store} has width {width}"
-        )
-
     dev = pick_device(device)
     model = load_model(model_dir, device=dev)
     summary = summarize_latents(
         sae.to(dev), acts, hook, model, latents=latents, n_latents=n_latents,
-        max_frequency=max_frequency, skip_bos=skip_bos, top_k=top_k, context=context,
+        max_frequency=max_frequency, skip_bos=inputs.skip_bos, top_k=top_k, context=context,
         after=after, bins=bins, n_logits=n_logits, batch_size=batch_size,
     )  # fmt: skip
     write_table(summary.contexts, contexts_out)
