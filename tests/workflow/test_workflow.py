@@ -269,7 +269,7 @@ def test_saes_reconstruct_and_recover_the_loss(tiny_run):
         assert 0.0 <= row.ce_recovered_zero <= 1.05, sae
         assert row.fvu < 0.5, sae
         assert row.l0 < 0.5 * 512, sae  # sparse: d_sae = 8 * 64
-    assert metrics.loc["topk_8", "ce_recovered_zero"] > 0.6
+    assert metrics.loc["topk_8", "ce_recovered_zero"] > 0.7  # measured 0.87
 
 
 @pytest.mark.slow

@@ -76,6 +76,8 @@ rule evaluate_sae:
     log:
         "logs/evaluate_sae/{model}/{hook}/{sae}.log",
     threads: 1
+    group:
+        "sae_evaluations"
     resources:
         gpu=GPU_HERE,
         mem_mb=4000,
@@ -104,6 +106,8 @@ rule summarize_sae_latents:
     log:
         "logs/summarize_sae_latents/{model}/{hook}/{sae}.log",
     threads: 1
+    group:
+        "sae_evaluations"
     resources:
         mem_mb=4000,
         runtime=30,
@@ -128,6 +132,8 @@ rule evaluate_toy_sae:
         "../../environment.yml"
     log:
         "logs/evaluate_toy_sae/{toy}/{sae}.log",
+    group:
+        "sae_evaluations"
     resources:
         mem_mb=2000,
         runtime=10,
