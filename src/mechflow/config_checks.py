@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 from typing import Any
 
-from mechflow.data.modular_addition import check_task
+from mechflow.data.modular_addition import check_task, task_architecture
 from mechflow.models.config import (
     Architecture,
     FullBatchTrainingConfig,
@@ -57,10 +57,7 @@ def grokking_training_config(training: dict[str, Any]) -> dict[str, Any]:
 
 def grokking_architecture(run: dict[str, Any]) -> Architecture:
     """The run's architecture with the sizes its modulus fixes (``a b =`` in, p residues out)."""
-    p = run["modulus"]
-    return Architecture.from_dict(
-        {**run["architecture"], "n_ctx": 3, "d_vocab": p + 1, "d_vocab_out": p}
-    )
+    return task_architecture(run["architecture"], run["modulus"])
 
 
 def _check_grokking(grokking: dict[str, Any], models: dict[str, Any], problems: list[str]) -> None:

@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
-from mechflow.analysis.modular_inputs import SPLIT_FILE, checkpoint_name
+from mechflow.analysis.modular_inputs import CHECKPOINT_UNIT, SPLIT_FILE
 from mechflow.artifacts import read_json
-from mechflow.data.modular_addition import train_test_split
+from mechflow.data.modular_addition import task_architecture, train_test_split
 from mechflow.models.build import build_model, save_model
+from mechflow.models.checkpoints import checkpoint_name
 from mechflow.steps import (
     analyze_embedding_fourier,
     analyze_neurons_fourier,
@@ -26,7 +27,6 @@ from mechflow.steps import (
     plot_progress_measures,
     train_grokking_model,
 )
-from mechflow.steps.train_grokking_model import task_architecture
 
 P = 17
 ARCH = {
@@ -73,7 +73,7 @@ def test_tiny_run_memorises_and_records_everything(tiny_run):
     # memorisation, not (yet) generalisation: the held-out pairs are far from solved
     assert log.test_loss.iloc[-1] > 10 * log.train_loss.iloc[-1]
     saved = sorted(p.name for p in (tiny_run / "checkpoints").iterdir())
-    assert saved == [checkpoint_name(e) for e in range(0, 151, 25)]
+    assert saved == [checkpoint_name(e, CHECKPOINT_UNIT) for e in range(0, 151, 25)]
     meta = read_json(tiny_run / "config.json")
     assert meta["task"] == {"modulus": P, "train_fraction": 0.5, "data_seed": 0}
     assert meta["hooked_transformer_config"]["d_vocab"] == P + 1

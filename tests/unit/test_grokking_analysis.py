@@ -16,7 +16,8 @@ from mechflow.analysis.fourier import (
     unit_frequencies,
 )
 from mechflow.analysis.grokking_checks import grokking_checks
-from mechflow.analysis.progress_measures import phase_boundaries, phase_table, split_logits
+from mechflow.analysis.grokking_phases import phase_boundaries, phase_table
+from mechflow.analysis.progress_measures import split_logits
 from mechflow.data.modular_addition import all_pairs, check_task, is_prime, train_test_split
 
 P = 31

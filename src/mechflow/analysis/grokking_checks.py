@@ -10,6 +10,8 @@ import math
 
 import pandas as pd
 
+from mechflow.analysis.grokking_phases import first_epoch
+
 # Defaults: "train accuracy reaches 100% well before test accuracy passes 99%" is read as
 # "at most half the epochs"; "a small set of key frequencies" as at most 8 of them.
 MAX_MEMORISE_RATIO = 0.5
@@ -30,11 +32,6 @@ def _row(check: str, value: float, threshold: float, passed: bool, meaning: str)
         "passed": ok,
         "meaning": meaning,
     }
-
-
-def _first_below(series: pd.Series, level: float) -> float:
-    hits = series.index[series.to_numpy() < level]
-    return float(hits[0]) if len(hits) else float("nan")
 
 
 def grokking_checks(
@@ -67,8 +64,8 @@ def grokking_checks(
             "share of the embedding's non-constant squared norm on the key frequencies",
         ),
     ]
-    restricted_at = _first_below(wide["restricted_loss"], RESTRICTED_LEVEL)
-    test_at = _first_below(wide["test_loss"], RESTRICTED_LEVEL)
+    restricted_at = first_epoch(wide, wide["restricted_loss"] < RESTRICTED_LEVEL)
+    test_at = first_epoch(wide, wide["test_loss"] < RESTRICTED_LEVEL)
     rows.append(
         _row(
             "restricted_loss_falls_first",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,16 +12,13 @@ from jaxtyping import Float, Int
 
 from mechflow.artifacts import read_json
 from mechflow.data.modular_addition import all_pairs
+from mechflow.models.checkpoints import list_checkpoints
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
 SPLIT_FILE = "split.npz"
-_CHECKPOINT = re.compile(r"^epoch_(\d{6,})\.safetensors$")
-
-
-def checkpoint_name(epoch: int) -> str:
-    return f"epoch_{epoch:06d}.safetensors"
+CHECKPOINT_UNIT = "epoch"  # checkpoints/epoch_<N>.safetensors
 
 
 @dataclass(frozen=True)
@@ -36,14 +32,9 @@ class ModularRun:
     train_rows: Int[torch.Tensor, " train"]
     test_rows: Int[torch.Tensor, " test"]
 
-    def checkpoints(self) -> dict[int, Path]:
+    def checkpoints(self) -> list[tuple[int, Path]]:
         """Saved weights by epoch."""
-        found = {}
-        for path in (self.model_dir / "checkpoints").glob("epoch_*.safetensors"):
-            match = _CHECKPOINT.match(path.name)
-            if match:
-                found[int(match.group(1))] = path
-        return dict(sorted(found.items()))
+        return list_checkpoints(self.model_dir / "checkpoints", CHECKPOINT_UNIT)
 
     def load(self, weights: Path | None = None) -> HookedTransformer:
         from mechflow.models.build import load_model

@@ -7,9 +7,6 @@ training-distribution text) turns sharply negative, all at the same step.
 
 from __future__ import annotations
 
-import os
-import re
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -28,7 +25,6 @@ from mechflow.analysis.losses import (
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
-CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)\.safetensors$")
 METRICS = (
     "induction_score",
     "previous_token_score",
@@ -36,21 +32,6 @@ METRICS = (
     "first_half_loss",
     "icl_score",
 )
-
-
-def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path]]:
-    """``(step, path)`` of every ``step_<N>.safetensors`` in ``directory``, by step."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"checkpoints directory not found: {directory}")
-    found = []
-    for path in directory.iterdir():
-        match = CHECKPOINT_PATTERN.match(path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    if not found:
-        raise ValueError(f"no step_<N>.safetensors checkpoints in {directory}")
-    return sorted(found)
 
 
 @torch.inference_mode()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from jaxtyping import Int
 
+from mechflow.models.config import Architecture
+
 
 def is_prime(n: int) -> bool:
     if n < 2:
@@ -47,3 +49,12 @@ def train_test_split(
     order = np.random.default_rng(seed).permutation(modulus * modulus)
     n_train = int(round(train_fraction * modulus * modulus))
     return np.sort(order[:n_train]), np.sort(order[n_train:])
+
+
+def task_architecture(architecture: dict, modulus: int) -> Architecture:
+    """The configured architecture with the sizes the task fixes: ``a b =`` in, p residues out."""
+    fixed = {"n_ctx": 3, "d_vocab": modulus + 1, "d_vocab_out": modulus}
+    clash = {k: architecture[k] for k in fixed if k in architecture and architecture[k] != fixed[k]}
+    if clash:
+        raise ValueError(f"architecture {clash} contradicts modulus {modulus}: expected {fixed}")
+    return Architecture.from_dict({**architecture, **fixed})

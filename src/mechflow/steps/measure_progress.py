@@ -18,27 +18,30 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from mechflow.analysis.grokking_phases import phase_boundaries, phase_table
 from mechflow.analysis.modular_inputs import read_run
-from mechflow.analysis.progress_measures import measure_checkpoint, phase_boundaries, phase_table
+from mechflow.analysis.progress_measures import measure_checkpoint
 from mechflow.artifacts import write_table
 from mechflow.config_checks import MIN_PROGRESS_CHECKPOINTS
+from mechflow.models.checkpoints import iter_checkpoint_models
 from mechflow.plots.style import check_columns, read_figure_table
 from mechflow.runtime import go_offline, set_threads, setup_logging
 
 log = logging.getLogger(__name__)
 
 
-def select_checkpoints(available: dict, first: int, last: int | None, source: str) -> dict:
+def select_checkpoints(
+    available: list[tuple[int, Path]], first: int, last: int | None, source: str
+) -> list[tuple[int, Path]]:
     """The checkpoints in range; refuse a range they do not cover."""
-    if not available:
-        raise FileNotFoundError(f"{source}: no checkpoints saved")
-    last = max(available) if last is None else last
+    epochs = [e for e, _ in available]
+    last = epochs[-1] if last is None else last
     if first > last:
         raise ValueError(f"--first-epoch {first} > --last-epoch {last}")
-    chosen = {e: p for e, p in available.items() if first <= e <= last}
-    if first not in available or last not in available or len(chosen) < MIN_PROGRESS_CHECKPOINTS:
+    chosen = [(e, p) for e, p in available if first <= e <= last]
+    if first not in epochs or last not in epochs or len(chosen) < MIN_PROGRESS_CHECKPOINTS:
         raise ValueError(
-            f"{source}: checkpoints {sorted(available)[:3]}...{sorted(available)[-3:]} do not cover "
+            f"{source}: checkpoints {epochs[:3]}...{epochs[-3:]} do not cover "
             f"epochs [{first}, {last}] (need both ends and at least {MIN_PROGRESS_CHECKPOINTS} in range)"
         )
     return chosen
@@ -58,15 +61,18 @@ def run(
     task = read_run(model_dir)
     chosen = select_checkpoints(task.checkpoints(), first_epoch, last_epoch, str(model_dir))
     rows = []
-    for epoch, path in tqdm(chosen.items(), desc="checkpoints", disable=None, mininterval=2):
+    models = iter_checkpoint_models(model_dir, chosen)
+    for epoch, model in tqdm(
+        models, total=len(chosen), desc="checkpoints", disable=None, mininterval=2
+    ):
         measures = measure_checkpoint(
-            task.load(path), task.inputs, task.labels, task.train_rows, task.test_rows, keys
+            model, task.inputs, task.labels, task.train_rows, task.test_rows, keys
         )
         rows += [{"epoch": epoch, "metric": k, "value": v} for k, v in measures.items()]
     progress = pd.DataFrame(rows)
     wide = progress.pivot(index="epoch", columns="metric", values="value")
     bounds = phase_boundaries(wide)
-    phases = phase_table(bounds, max(chosen))
+    phases = phase_table(bounds, chosen[-1][0])
     name = model_dir.name
     progress.insert(0, "model", name)
     phases.insert(0, "model", name)

@@ -43,8 +43,8 @@ def run(
     device: str = "auto",
 ) -> pd.DataFrame:
     from mechflow.analysis.losses import resolve_position
-    from mechflow.analysis.phase_change import METRICS, checkpoint_metrics, list_checkpoints
-    from mechflow.models.build import load_model
+    from mechflow.analysis.phase_change import METRICS, checkpoint_metrics
+    from mechflow.models.checkpoints import iter_checkpoint_models, list_checkpoints
 
     cfg = read_model_config(model_dir)
     checkpoints = list_checkpoints(checkpoints_dir)
@@ -59,8 +59,7 @@ def run(
     dev = pick_device(device)
     name = model_name(model_dir)
     rows = []
-    for step, path in checkpoints:
-        model = load_model(model_dir, weights=path, device=dev)
+    for step, model in iter_checkpoint_models(model_dir, checkpoints, device=dev):
         metrics = checkpoint_metrics(
             model,
             eval_tokens,

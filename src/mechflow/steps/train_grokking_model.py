@@ -16,24 +16,21 @@ from pathlib import Path
 
 import numpy as np
 
-from mechflow.analysis.modular_inputs import SPLIT_FILE, checkpoint_name
+from mechflow.analysis.modular_inputs import CHECKPOINT_UNIT, SPLIT_FILE
 from mechflow.artifacts import atomic_path, git_revision, package_versions, write_table
-from mechflow.data.modular_addition import all_pairs, check_task, train_test_split
+from mechflow.data.modular_addition import (
+    all_pairs,
+    check_task,
+    task_architecture,
+    train_test_split,
+)
 from mechflow.models.build import build_model, save_model, save_weights
-from mechflow.models.config import Architecture, FullBatchTrainingConfig
+from mechflow.models.checkpoints import checkpoint_name
+from mechflow.models.config import FullBatchTrainingConfig
 from mechflow.models.train_full_batch import train_full_batch
 from mechflow.runtime import go_offline, pick_device, seed_everything, set_threads, setup_logging
 
 log = logging.getLogger(__name__)
-
-
-def task_architecture(architecture: dict, modulus: int) -> Architecture:
-    """The configured architecture with the sizes the task fixes: ``a b =`` in, p residues out."""
-    fixed = {"n_ctx": 3, "d_vocab": modulus + 1, "d_vocab_out": modulus}
-    clash = {k: architecture[k] for k in fixed if k in architecture and architecture[k] != fixed[k]}
-    if clash:
-        raise ValueError(f"architecture {clash} contradicts modulus {modulus}: expected {fixed}")
-    return Architecture.from_dict({**architecture, **fixed})
 
 
 def run(
@@ -60,7 +57,7 @@ def run(
             np.savez(fh, train=train_rows, test=test_rows)
 
     def on_checkpoint(epoch, model):
-        save_weights(model, ckpt_dir / checkpoint_name(epoch))
+        save_weights(model, ckpt_dir / checkpoint_name(epoch, CHECKPOINT_UNIT))
 
     start = time.perf_counter()
     log_df = train_full_batch(

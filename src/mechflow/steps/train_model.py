@@ -15,15 +15,12 @@ from pathlib import Path
 from mechflow.artifacts import file_sha256, git_revision, package_versions, write_table
 from mechflow.data.tokens import load_tokens
 from mechflow.models.build import build_model, save_model, save_weights
+from mechflow.models.checkpoints import checkpoint_name
 from mechflow.models.config import Architecture, TrainingConfig
 from mechflow.models.train import train
 from mechflow.runtime import go_offline, pick_device, seed_everything, set_threads, setup_logging
 
 log = logging.getLogger(__name__)
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step_{step:06d}.safetensors"
 
 
 def run(

@@ -1,0 +1,53 @@
+"""Weights saved along training, one ``<unit>_<N>.safetensors`` per saved step or epoch, and the
+model at each of them: built once, with each checkpoint's weights loaded into it in turn."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors.torch import load_file
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+
+def checkpoint_name(index: int, unit: str = "step") -> str:
+    return f"{unit}_{index:06d}.safetensors"
+
+
+def list_checkpoints(directory: str | os.PathLike, unit: str = "step") -> list[tuple[int, Path]]:
+    """``(index, path)`` of every ``<unit>_<N>.safetensors`` in ``directory``, by index."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoints directory not found: {directory}")
+    pattern = re.compile(rf"^{re.escape(unit)}_(\d+)\.safetensors$")
+    found = []
+    for path in directory.iterdir():
+        match = pattern.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    if not found:
+        raise ValueError(f"no {unit}_<N>.safetensors checkpoints in {directory}")
+    return sorted(found)
+
+
+def iter_checkpoint_models(
+    model_dir: str | os.PathLike,
+    checkpoints: Sequence[tuple[int, Path]],
+    device: torch.device | str = "cpu",
+) -> Iterator[tuple[int, HookedTransformer]]:
+    """``(index, model)`` for each checkpoint; the same model object, its weights swapped."""
+    from mechflow.models.build import load_model
+
+    model = None
+    for index, path in checkpoints:
+        if model is None:
+            model = load_model(model_dir, weights=path, device=device)
+        else:
+            model.load_state_dict(load_file(str(path), device=str(device)), strict=True)
+        yield index, model
