@@ -183,13 +183,14 @@ def feature_recovery(
     true_features: Float[torch.Tensor, "n_features d_in"],
     threshold: float = 0.9,
 ) -> dict[str, Any]:
-    """Max cosine similarity of each true direction with any decoder row; the mean of those
-    (MMCS) and the fraction at or above ``threshold``."""
+    """Max cosine similarity of each true direction with any decoder row (and that row); the
+    mean of those (MMCS) and the fraction at or above ``threshold``."""
     dec = W_dec / W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
     true = true_features / true_features.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    best = (true @ dec.t()).max(dim=1).values  # n_features
+    best, best_latent = (true @ dec.t()).max(dim=1)  # n_features
     return {
         "mmcs": float(best.mean()),
         "frac_recovered": float((best >= threshold).float().mean()),
         "max_cosine": best.cpu(),
+        "best_latent": best_latent.cpu(),
     }

@@ -29,6 +29,7 @@ def run(
     represented: float = 0.5,
 ) -> pd.DataFrame:
     from mechflow.models.toy_superposition import load_toy_model
+    from mechflow.saes.evaluate import feature_recovery
     from mechflow.saes.saelens_format import load_sae, sae_metadata
 
     sae, cfg = load_sae(sae_dir)
@@ -43,17 +44,15 @@ def run(
             f"--sae {sae_dir} reads width {sae.W_dec.shape[1]}, {model_dir} has d_hidden {w.shape[1]}"
         )
     norms = w.norm(dim=1)
-    dec = sae.W_dec.detach() / sae.W_dec.detach().norm(dim=1, keepdim=True).clamp_min(1e-12)
-    cos = (w / norms[:, None].clamp_min(1e-12)) @ dec.T  # feature latent
-    best, best_latent = cos.max(dim=1)
+    recovery = feature_recovery(sae.W_dec.detach(), w, threshold)
     df = pd.DataFrame(
         {
             "feature": range(len(w)),
             "importance": toy_cfg.importance(),
             "norm": norms.numpy(),
             "represented": (norms >= represented).numpy(),
-            "max_cosine": best.numpy(),
-            "best_latent": best_latent.numpy(),
+            "max_cosine": recovery["max_cosine"].numpy(),
+            "best_latent": recovery["best_latent"].numpy(),
         }
     )
     df["recovered"] = df["represented"] & (df["max_cosine"] >= threshold)

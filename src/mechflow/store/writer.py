@@ -164,6 +164,36 @@ def _identity(meta: Mapping[str, Any]) -> dict[str, Any]:
     return ident
 
 
+def _store_meta(
+    provenance: Mapping[str, Any],
+    hooks: list[str],
+    dtype: str,
+    compression: str,
+    batch_size: int,
+    chunk_size: int | None,
+    n_seq: int,
+    n_pos: int,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The store's provenance attrs, with the hash of what decides its content and layout."""
+    meta = {
+        **provenance,
+        "hooks": hooks,
+        "dtype": dtype,
+        "compression": compression,
+        "batch_size": batch_size,
+        "chunk_size": chunk_size,
+        "n_sequences": n_seq,
+        "n_pos": n_pos,
+        **extra,
+        "package_versions": package_versions(),
+        "git_revision": git_revision(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    meta["config_hash"] = config_hash(_identity(meta))
+    return meta
+
+
 def _existing_state(out: Path, meta: Mapping[str, Any]) -> str | int:
     """'absent', 'complete', 'stale', or the row to resume from."""
     if not out.exists():
@@ -307,21 +337,10 @@ def write_activation_store(
     fwd = forward_kwargs(hooks)
 
     n_seq, n_pos = tokens.shape
-    meta = {
-        **provenance,
-        "hooks": hooks,
-        "dtype": dtype,
-        "compression": compression,
-        "batch_size": batch_size,
-        "chunk_size": chunk_size,
-        "n_sequences": n_seq,
-        "n_pos": n_pos,
-        "forward_kwargs": fwd,
-        "package_versions": package_versions(),
-        "git_revision": git_revision(),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    meta["config_hash"] = config_hash(_identity(meta))
+    meta = _store_meta(
+        provenance, hooks, dtype, compression, batch_size, chunk_size, n_seq, n_pos,
+        forward_kwargs=fwd,
+    )  # fmt: skip
 
     state = _existing_state(out, meta)
     if state == "complete":
@@ -422,20 +441,7 @@ def write_array_store(
     if tokens is None:
         tokens = np.repeat(np.arange(n_seq, dtype=np.int32)[:, None], n_pos, axis=1)
     hooks = list(arrays)
-    meta = {
-        **provenance,
-        "hooks": hooks,
-        "dtype": dtype,
-        "compression": compression,
-        "batch_size": n_seq,
-        "chunk_size": None,
-        "n_sequences": n_seq,
-        "n_pos": n_pos,
-        "package_versions": package_versions(),
-        "git_revision": git_revision(),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    meta["config_hash"] = config_hash(_identity(meta))
+    meta = _store_meta(provenance, hooks, dtype, compression, n_seq, None, n_seq, n_pos)
     row_bytes = sum(int(np.prod(s[1:])) for s in shapes.values()) * np.dtype(dtype).itemsize
     meta["chunk_rows"] = auto_chunk_rows(n_seq, row_bytes, n_seq)
     meta["dimension_names"] = {h: list(dimension_names(h, shapes[h])) for h in hooks}
