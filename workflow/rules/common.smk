@@ -205,7 +205,7 @@ def get_train_fraction(wildcards):
 
 
 def get_data_seed(wildcards):
-    return grokking_run(wildcards).get("data_seed", 0)
+    return grokking_run(wildcards)["data_seed"]
 
 
 def get_grokking_architecture(wildcards):
@@ -264,17 +264,12 @@ def get_sae_eval_tokens(wildcards):
     return dataset_path(SAE_LM["eval_dataset"])
 
 
-# Defaults again here: the schema's defaults behind a $ref are not filled in by Snakemake.
-SAE_LM_DEFAULTS = {"n_dashboard_latents": 4, "eval_max_sequences": 128}
-SAE_TOY_DEFAULTS = {"instance": -1, "n_samples": 100000, "seed": 0, "recovery_threshold": 0.9}
-
-
 def sae_lm_setting(key):
-    return SAE_LM.get(key, SAE_LM_DEFAULTS.get(key)) if SAE_LM else None
+    return SAE_LM[key] if SAE_LM else None
 
 
 def sae_toy_setting(key):
-    return SAE_TOY.get(key, SAE_TOY_DEFAULTS.get(key)) if SAE_TOY else None
+    return SAE_TOY[key] if SAE_TOY else None
 
 
 def get_sweep_metrics(wildcards):
