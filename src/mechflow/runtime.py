@@ -8,6 +8,7 @@ when rerun by hand.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import random
@@ -61,3 +62,21 @@ def setup_logging(verbose: bool = False) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def add_runtime_flags(parser: argparse.ArgumentParser, device: bool = False) -> None:
+    """The flags through which a rule hands a step its machine: threads, and the device."""
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the job's cores)")
+    if device:
+        parser.add_argument("--device", default="auto", choices=DEVICES)
+
+
+def start(threads: int | None = None) -> None:
+    """What every step does before any work: logging, offline mode, the thread pool."""
+    setup_logging()
+    go_offline()
+    if threads is not None:
+        set_threads(threads)

@@ -7,6 +7,7 @@ timestamps or software strings in the metadata and a fixed SVG id salt.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
@@ -65,6 +66,12 @@ def svg_path(out_png: str | os.PathLike) -> Path:
     if out_png.suffix.lower() != ".png":
         raise ValueError(f"figure output must end in .png, got {out_png}")
     return out_png.with_suffix(".svg")
+
+
+def add_figure_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags every plot step shares: the PNG to write (SVG beside it) and a title override."""
+    parser.add_argument("--out", required=True, type=Path, help="figure .png (SVG written beside)")
+    parser.add_argument("--title", default=None, help="replaces the default title")
 
 
 def read_figure_table(path: str | os.PathLike) -> pd.DataFrame:

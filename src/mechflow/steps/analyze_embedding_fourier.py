@@ -16,7 +16,7 @@ import pandas as pd
 from mechflow.analysis.fourier import embedding_fourier_norms
 from mechflow.analysis.modular_inputs import read_run
 from mechflow.artifacts import write_table
-from mechflow.runtime import go_offline, set_threads, setup_logging
+from mechflow.runtime import add_runtime_flags, start
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,10 @@ def run(model_dir: Path, out: Path) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model-dir", required=True, type=Path)
-    parser.add_argument("--threads", type=int, default=1)
+    add_runtime_flags(parser)
     parser.add_argument("--out", required=True, type=Path, help="embedding_fourier.csv")
     args = parser.parse_args(argv)
-    setup_logging()
-    go_offline()
-    set_threads(args.threads)
+    start(args.threads)
     run(args.model_dir, args.out)
 
 

@@ -30,7 +30,7 @@ from mechflow.analysis.fourier import (
 from mechflow.analysis.modular_inputs import pair_maps, read_run
 from mechflow.artifacts import write_table
 from mechflow.plots.style import read_figure_table
-from mechflow.runtime import go_offline, set_threads, setup_logging
+from mechflow.runtime import add_runtime_flags, start
 
 log = logging.getLogger(__name__)
 
@@ -122,12 +122,10 @@ def main(argv: list[str] | None = None) -> None:
         default=0.5,
         help="a neuron counts for its best frequency when it explains this much of its variance",
     )
-    parser.add_argument("--threads", type=int, default=1)
+    add_runtime_flags(parser)
     parser.add_argument("--out-dir", required=True, type=Path)
     args = parser.parse_args(argv)
-    setup_logging()
-    go_offline()
-    set_threads(args.threads)
+    start(args.threads)
     run(args.model_dir, args.embedding, args.out_dir, args.min_neuron_share, args.min_fraction)
 
 

@@ -26,7 +26,7 @@ from mechflow.analysis.superposition import (
 )
 from mechflow.artifacts import write_table
 from mechflow.models.toy_superposition import load_toy_model
-from mechflow.runtime import go_offline, set_threads, setup_logging
+from mechflow.runtime import add_runtime_flags, start
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +73,12 @@ def main(argv: list[str] | None = None) -> None:
         default=REPRESENTED_NORM,
         help="‖W_i‖ above which a feature counts as represented",
     )
-    parser.add_argument("--threads", type=int, default=1)
+    add_runtime_flags(parser)
     parser.add_argument("--wtw", required=True, type=Path, help="wtw.csv")
     parser.add_argument("--features", required=True, type=Path, help="features.csv")
     parser.add_argument("--instances", required=True, type=Path, help="instances.csv")
     args = parser.parse_args(argv)
-    setup_logging()
-    go_offline()
-    set_threads(args.threads)
+    start(args.threads)
     run(args.model_dir, args.wtw, args.features, args.instances, args.threshold)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mechflow.artifacts import file_sha256
 from mechflow.models.config import HOOK_NAME_PATTERN
-from mechflow.runtime import go_offline, pick_device, seed_everything, set_threads, setup_logging
+from mechflow.runtime import add_runtime_flags, pick_device, seed_everything, start
 from mechflow.store.writer import COMPRESSIONS, DTYPES
 
 log = logging.getLogger(__name__)
@@ -88,13 +88,10 @@ def main(argv: list[str] | None = None) -> None:
         help="sequences per zarr chunk, a multiple of --batch-size (default: ~16 MiB chunks)",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_runtime_flags(parser, device=True)
     parser.add_argument("--out", required=True, type=Path, help="the .zarr store directory")
     args = parser.parse_args(argv)
-    setup_logging()
-    go_offline()
-    set_threads(args.threads)
+    start(args.threads)
     run(
         args.model_dir,
         args.tokens,

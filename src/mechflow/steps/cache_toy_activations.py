@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from mechflow.artifacts import config_hash, file_sha256
-from mechflow.runtime import go_offline, seed_everything, set_threads, setup_logging
+from mechflow.runtime import add_runtime_flags, seed_everything, start
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +70,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--instance", type=int, default=-1, help="instance (default: the last)")
     parser.add_argument("--n-samples", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    add_runtime_flags(parser)
     parser.add_argument("--out", required=True, type=Path, help="activation store (.zarr)")
     args = parser.parse_args(argv)
-    setup_logging()
-    go_offline()
-    set_threads(args.threads)
+    start(args.threads)
     run(args.model_dir, args.instance, args.n_samples, args.seed, args.out)
 
 

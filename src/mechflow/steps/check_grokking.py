@@ -17,7 +17,7 @@ import pandas as pd
 from mechflow.analysis.grokking_checks import grokking_checks
 from mechflow.artifacts import write_table
 from mechflow.plots.style import check_columns, read_figure_table
-from mechflow.runtime import setup_logging
+from mechflow.runtime import start
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--enforce", action="store_true", help="fail when a check fails")
     parser.add_argument("--out", required=True, type=Path, help="checks.csv")
     args = parser.parse_args(argv)
-    setup_logging()
+    start()
     try:
         run(args.progress, args.phases, args.key_frequencies, args.out, args.enforce)
     except ChecksFailed as err:

@@ -19,7 +19,7 @@ import pandas as pd
 
 from mechflow.analysis.inputs import check_tokens, read_model_config
 from mechflow.artifacts import write_table
-from mechflow.runtime import go_offline, pick_device, set_threads, setup_logging
+from mechflow.runtime import add_runtime_flags, pick_device, start
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +97,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--dense-threshold", type=float, default=0.1, help="firing frequency of a dense latent"
     )
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_runtime_flags(parser, device=True)
     parser.add_argument("--out", required=True, type=Path, help="metrics table (.csv)")
     args = parser.parse_args(argv)
-    setup_logging()
-    go_offline()
-    set_threads(args.threads)
+    start(args.threads)
     run(
         args.sae,
         args.store,

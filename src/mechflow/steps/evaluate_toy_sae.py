@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from mechflow.artifacts import write_table
-from mechflow.runtime import go_offline, setup_logging
+from mechflow.runtime import start
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--represented", type=float, default=0.5)
     parser.add_argument("--out", required=True, type=Path, help="recovery.csv")
     args = parser.parse_args(argv)
-    setup_logging()
-    go_offline()
+    start()
     with torch.no_grad():
         run(args.sae, args.model_dir, args.out, args.threshold, args.represented)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mechflow.artifacts import git_revision, package_versions
 from mechflow.models.build import load_pretrained, save_model
-from mechflow.runtime import setup_logging
+from mechflow.runtime import start
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--path", default=None, help="local Hugging Face model directory")
     parser.add_argument("--out-dir", required=True, type=Path)
     args = parser.parse_args(argv)
-    setup_logging()
+    start()
     run(args.name, args.path, args.out_dir)
 
 

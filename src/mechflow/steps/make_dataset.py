@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mechflow.data import induction
 from mechflow.data.tokens import save_tokens
-from mechflow.runtime import setup_logging
+from mechflow.runtime import start
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--spec", required=True, help="generator parameters as JSON")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
-    setup_logging()
+    start()
     run(args.kind, json.loads(args.spec), args.out)
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from mechflow.analysis.superposition import PhaseMapConfig, map_phases
 from mechflow.artifacts import write_table
-from mechflow.runtime import go_offline, seed_everything, set_threads, setup_logging
+from mechflow.runtime import add_runtime_flags, seed_everything, start
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +37,10 @@ def run(config: dict, out: Path, progress: bool = True) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True, help="PhaseMapConfig as JSON")
-    parser.add_argument("--threads", type=int, default=1)
+    add_runtime_flags(parser)
     parser.add_argument("--out", required=True, type=Path, help="phases.csv")
     args = parser.parse_args(argv)
-    setup_logging()
-    go_offline()
-    set_threads(args.threads)
+    start(args.threads)
     run(json.loads(args.config), args.out)
 
 

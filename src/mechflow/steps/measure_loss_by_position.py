@@ -15,7 +15,7 @@ import pandas as pd
 
 from mechflow.analysis.inputs import check_repeated, check_tokens, model_name, read_model_config
 from mechflow.artifacts import write_table
-from mechflow.runtime import go_offline, pick_device, set_threads, setup_logging
+from mechflow.runtime import add_runtime_flags, pick_device, start
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +63,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", required=True, type=Path, help="[BOS]+r+r .npy")
     parser.add_argument("--half-len", required=True, type=int, help="len(r)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_runtime_flags(parser, device=True)
     parser.add_argument("--out", required=True, type=Path, help="loss_by_position.csv")
     args = parser.parse_args(argv)
-    setup_logging()
-    go_offline()
-    set_threads(args.threads)
+    start(args.threads)
     run(args.model_dir, args.tokens, args.half_len, args.out, args.batch_size, args.device)
 
 

@@ -25,7 +25,7 @@ from mechflow.artifacts import write_table
 from mechflow.config_checks import MIN_PROGRESS_CHECKPOINTS
 from mechflow.models.checkpoints import iter_checkpoint_models
 from mechflow.plots.style import check_columns, read_figure_table
-from mechflow.runtime import go_offline, set_threads, setup_logging
+from mechflow.runtime import add_runtime_flags, start
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +92,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--key-frequencies", required=True, type=Path, help="key_frequencies.csv")
     parser.add_argument("--first-epoch", type=int, default=0)
     parser.add_argument("--last-epoch", type=int, default=None, help="default: last checkpoint")
-    parser.add_argument("--threads", type=int, default=1)
+    add_runtime_flags(parser)
     parser.add_argument("--out", required=True, type=Path, help="progress.csv")
     parser.add_argument("--phases", required=True, type=Path, help="phases.csv")
     args = parser.parse_args(argv)
-    setup_logging()
-    go_offline()
-    set_threads(args.threads)
+    start(args.threads)
     run(
         args.model_dir,
         args.key_frequencies,

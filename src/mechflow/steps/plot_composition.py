@@ -12,8 +12,8 @@ import logging
 from pathlib import Path
 
 from mechflow.plots.induction import composition_figure
-from mechflow.plots.style import read_figure_table, save_figure, svg_path
-from mechflow.runtime import go_offline, setup_logging
+from mechflow.plots.style import add_figure_flags, read_figure_table, save_figure, svg_path
+from mechflow.runtime import start
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +28,9 @@ def run(table: Path, out: Path, title: str | None = None) -> tuple[Path, Path]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--table", required=True, type=Path, help="composition.csv")
-    parser.add_argument("--out", required=True, type=Path, help="figure .png (SVG written beside)")
-    parser.add_argument("--title", default=None, help="replaces the default title")
+    add_figure_flags(parser)
     args = parser.parse_args(argv)
-    setup_logging()
-    go_offline()
+    start()
     run(args.table, args.out, args.title)
 
 

@@ -11,8 +11,8 @@ import argparse
 from pathlib import Path
 
 from mechflow.plots.grokking import grokking_curves_figure
-from mechflow.plots.style import read_figure_table, save_figure, svg_path
-from mechflow.runtime import setup_logging
+from mechflow.plots.style import add_figure_flags, read_figure_table, save_figure, svg_path
+from mechflow.runtime import start
 
 
 def run(log: Path, phases: Path, out: Path, title: str | None = None) -> tuple[Path, Path]:
@@ -27,10 +27,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--log", required=True, type=Path, help="train_log.csv")
     parser.add_argument("--phases", required=True, type=Path, help="phases.csv")
-    parser.add_argument("--out", required=True, type=Path, help="figure .png (SVG written beside)")
-    parser.add_argument("--title", default=None, help="replaces the default title")
+    add_figure_flags(parser)
     args = parser.parse_args(argv)
-    setup_logging()
+    start()
     run(args.log, args.phases, args.out, args.title)
 
 

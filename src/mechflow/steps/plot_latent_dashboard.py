@@ -12,8 +12,8 @@ import argparse
 from pathlib import Path
 
 from mechflow.plots.saes import latent_dashboard_figure
-from mechflow.plots.style import read_figure_table, save_figure, svg_path
-from mechflow.runtime import setup_logging
+from mechflow.plots.style import add_figure_flags, read_figure_table, save_figure, svg_path
+from mechflow.runtime import start
 
 
 def run(
@@ -35,10 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--contexts", required=True, type=Path, help="top contexts table (.csv)")
     parser.add_argument("--histograms", required=True, type=Path, help="histogram table (.csv)")
     parser.add_argument("--logits", required=True, type=Path, help="logit effect table (.csv)")
-    parser.add_argument("--out", required=True, type=Path, help="figure .png (SVG written beside)")
-    parser.add_argument("--title", default=None, help="replaces the default title")
+    add_figure_flags(parser)
     args = parser.parse_args(argv)
-    setup_logging()
+    start()
     run(args.contexts, args.histograms, args.logits, args.out, args.title)
 
 

@@ -11,8 +11,8 @@ import logging
 from pathlib import Path
 
 from mechflow.plots.induction import loss_by_position_figure
-from mechflow.plots.style import read_figure_table, save_figure, svg_path
-from mechflow.runtime import go_offline, setup_logging
+from mechflow.plots.style import add_figure_flags, read_figure_table, save_figure, svg_path
+from mechflow.runtime import start
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +31,10 @@ def run(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--table", required=True, type=Path, help="loss_by_position.csv")
-    parser.add_argument("--out", required=True, type=Path, help="figure .png (SVG written beside)")
+    add_figure_flags(parser)
     parser.add_argument("--d-vocab", type=int, default=None, help="draw ln(d_vocab)")
-    parser.add_argument("--title", default=None, help="replaces the default title")
     args = parser.parse_args(argv)
-    setup_logging()
-    go_offline()
+    start()
     run(args.table, args.out, args.d_vocab, args.title)
 
 

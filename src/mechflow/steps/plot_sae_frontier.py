@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from mechflow.plots.saes import sae_frontier_figure
-from mechflow.plots.style import read_figure_table, save_figure, svg_path
-from mechflow.runtime import setup_logging
+from mechflow.plots.style import add_figure_flags, read_figure_table, save_figure, svg_path
+from mechflow.runtime import start
 
 
 def run(metrics: list[Path], out: Path, title: str | None = None) -> tuple[Path, Path]:
@@ -31,10 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--metrics", required=True, type=Path, nargs="+", help="evaluate_sae tables (.csv)"
     )
-    parser.add_argument("--out", required=True, type=Path, help="figure .png (SVG written beside)")
-    parser.add_argument("--title", default=None, help="replaces the default title")
+    add_figure_flags(parser)
     args = parser.parse_args(argv)
-    setup_logging()
+    start()
     run(args.metrics, args.out, args.title)
 
 

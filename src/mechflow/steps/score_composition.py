@@ -16,7 +16,7 @@ import pandas as pd
 
 from mechflow.analysis.inputs import model_name, read_model_config
 from mechflow.artifacts import write_table
-from mechflow.runtime import go_offline, seed_everything, set_threads, setup_logging
+from mechflow.runtime import add_runtime_flags, seed_everything, start
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +60,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-dir", required=True, type=Path)
     parser.add_argument("--baseline-samples", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    add_runtime_flags(parser)
     parser.add_argument("--out", required=True, type=Path, help="composition.csv")
     args = parser.parse_args(argv)
-    setup_logging()
-    go_offline()
-    set_threads(args.threads)
+    start(args.threads)
     run(args.model_dir, args.out, args.baseline_samples, args.seed)
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 from mechflow.analysis.attention_scores import SCORES, HeadScoreAccumulator
 from mechflow.analysis.inputs import check_repeated, check_tokens, model_name, read_model_config
 from mechflow.artifacts import file_sha256, write_table
-from mechflow.runtime import go_offline, set_threads, setup_logging
+from mechflow.runtime import add_runtime_flags, start
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +73,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", required=True, type=Path, help="the cached [BOS]+r+r .npy")
     parser.add_argument("--half-len", required=True, type=int, help="len(r)")
     parser.add_argument("--batch-size", type=int, default=64, help="sequences read at a time")
-    parser.add_argument("--threads", type=int, default=1)
+    add_runtime_flags(parser)
     parser.add_argument("--out", required=True, type=Path, help="head_scores.csv")
     args = parser.parse_args(argv)
-    setup_logging()
-    go_offline()
-    set_threads(args.threads)
+    start(args.threads)
     run(args.store, args.model_dir, args.tokens, args.half_len, args.out, args.batch_size)
 
 

@@ -23,7 +23,7 @@ import logging
 from pathlib import Path
 
 from mechflow.artifacts import write_table
-from mechflow.runtime import go_offline, pick_device, set_threads, setup_logging
+from mechflow.runtime import add_runtime_flags, pick_device, start
 
 log = logging.getLogger(__name__)
 
@@ -108,15 +108,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bins", type=int, default=30, help="histogram bins per latent")
     parser.add_argument("--n-logits", type=int, default=8, help="tokens per sign of logit effect")
     parser.add_argument("--batch-size", type=int, default=64, help="sequences per store read")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_runtime_flags(parser, device=True)
     parser.add_argument("--contexts", required=True, type=Path, help="top contexts table (.csv)")
     parser.add_argument("--histograms", required=True, type=Path, help="histogram table (.csv)")
     parser.add_argument("--logits", required=True, type=Path, help="logit effect table (.csv)")
     args = parser.parse_args(argv)
-    setup_logging()
-    go_offline()
-    set_threads(args.threads)
+    start(args.threads)
     run(
         args.sae,
         args.store,

@@ -28,7 +28,7 @@ from mechflow.models.build import build_model, save_model, save_weights
 from mechflow.models.checkpoints import checkpoint_name
 from mechflow.models.config import FullBatchTrainingConfig
 from mechflow.models.train_full_batch import train_full_batch
-from mechflow.runtime import go_offline, pick_device, seed_everything, set_threads, setup_logging
+from mechflow.runtime import add_runtime_flags, pick_device, seed_everything, start
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +97,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the train/test split")
     parser.add_argument("--architecture", required=True, help="Architecture fields as JSON")
     parser.add_argument("--training", required=True, help="FullBatchTrainingConfig as JSON")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="auto")
+    add_runtime_flags(parser, device=True)
     parser.add_argument("--out-dir", required=True, type=Path)
     args = parser.parse_args(argv)
-    setup_logging()
-    go_offline()
-    set_threads(args.threads)
+    start(args.threads)
     run(
         args.modulus,
         args.train_fraction,

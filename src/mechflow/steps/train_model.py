@@ -18,7 +18,7 @@ from mechflow.models.build import build_model, save_model, save_weights
 from mechflow.models.checkpoints import checkpoint_name
 from mechflow.models.config import Architecture, TrainingConfig
 from mechflow.models.train import train
-from mechflow.runtime import go_offline, pick_device, seed_everything, set_threads, setup_logging
+from mechflow.runtime import add_runtime_flags, pick_device, seed_everything, start
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +76,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--architecture", required=True, help="Architecture as JSON")
     parser.add_argument("--training", required=True, help="TrainingConfig as JSON")
     parser.add_argument("--tokens", required=True, type=Path)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="auto")
+    add_runtime_flags(parser, device=True)
     parser.add_argument("--out-dir", required=True, type=Path)
     args = parser.parse_args(argv)
-    setup_logging()
-    go_offline()
-    set_threads(args.threads)
+    start(args.threads)
     run(
         json.loads(args.architecture),
         json.loads(args.training),

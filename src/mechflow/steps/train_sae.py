@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mechflow.artifacts import write_table
-from mechflow.runtime import go_offline, pick_device, set_threads, setup_logging
+from mechflow.runtime import add_runtime_flags, pick_device, start
 from mechflow.saes.config import SAEConfig
 
 log = logging.getLogger(__name__)
@@ -123,14 +123,11 @@ def main(argv: list[str] | None = None) -> None:
         "--sae-config", required=True, help="SAE config: inline JSON object or a .json file"
     )
     parser.add_argument("--checkpoint", type=Path, default=None, help="default <out>.ckpt.pt")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_runtime_flags(parser, device=True)
     parser.add_argument("--log", required=True, type=Path, help="training log (.csv)")
     parser.add_argument("--out", required=True, type=Path, help="SAE directory (SAELens layout)")
     args = parser.parse_args(argv)
-    setup_logging()
-    go_offline()
-    set_threads(args.threads)
+    start(args.threads)
     run(
         args.store,
         args.hook,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mechflow.artifacts import git_revision, package_versions, write_table
 from mechflow.models.toy_superposition import ToyModelConfig, save_toy_model, train_toy_model
-from mechflow.runtime import go_offline, seed_everything, set_threads, setup_logging
+from mechflow.runtime import add_runtime_flags, seed_everything, start
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +60,10 @@ def run(config: dict, out_dir: Path, progress: bool = True) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True, help="ToyModelConfig as JSON")
-    parser.add_argument("--threads", type=int, default=1)
+    add_runtime_flags(parser)
     parser.add_argument("--out-dir", required=True, type=Path)
     args = parser.parse_args(argv)
-    setup_logging()
-    go_offline()
-    set_threads(args.threads)
+    start(args.threads)
     run(json.loads(args.config), args.out_dir)
 
 
