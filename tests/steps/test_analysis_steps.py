@@ -19,6 +19,7 @@ def _cache_store(model_dir, tokens_path, out):
     from mechflow.steps import cache_activations
 
     args = ["--model-dir", str(model_dir), "--tokens", str(tokens_path), "--batch-size", "4"]
+    args += ["--dtype", "float32", "--compression", "none"]
     for hook in PATTERNS:
         args += ["--hook", hook]
     cache_activations.main([*args, "--device", "cpu", "--out", str(out)])

@@ -1,6 +1,11 @@
-"""A cache_activations process killed with SIGKILL midway: readers refuse it, a rerun completes it."""
+"""A cache_activations process killed with SIGKILL midway: readers refuse it, a rerun completes it.
+
+The rerun uses another --batch-size (a machine setting): it resumes the partial store in its own
+chunk layout, and the result equals an uninterrupted run with a third batch size.
+"""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -29,7 +34,7 @@ def rows_written(store):
 
 
 @pytest.mark.slow
-def test_sigkill_midway_then_rerun_completes(tmp_path):
+def test_sigkill_midway_then_rerun_completes(tmp_path, caplog):
     arch = Architecture(
         n_layers=2, d_model=64, n_heads=4, d_head=16, n_ctx=64, d_vocab=128, attn_only=True
     )
@@ -41,8 +46,6 @@ def test_sigkill_midway_then_rerun_completes(tmp_path):
         str(tmp_path / "model"),
         "--tokens",
         str(tokens),
-        "--batch-size",
-        "25",
         "--dtype",
         "float32",
         "--compression",
@@ -52,8 +55,9 @@ def test_sigkill_midway_then_rerun_completes(tmp_path):
     ]
     args += [flag for hook in HOOKS for flag in ("--hook", hook)]
     killed = tmp_path / "killed.zarr"
+    step = [sys.executable, "-m", "mechflow.steps.cache_activations", *args]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mechflow.steps.cache_activations", *args, "--out", str(killed)],
+        [*step, "--batch-size", "25", "--out", str(killed)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -68,10 +72,15 @@ def test_sigkill_midway_then_rerun_completes(tmp_path):
     with pytest.raises(IncompleteStoreError):
         open_store(killed)
 
-    cache_activations.main([*args, "--out", str(killed)])
+    # 520-row chunks (~16 MiB), which none of the batch sizes 25, 16 and 64 divides
+    with caplog.at_level(logging.INFO, logger="mechflow.store.writer"):
+        cache_activations.main([*args, "--batch-size", "16", "--out", str(killed)])
+    assert f"resuming at row {partial} of 3000" in caplog.text  # not deleted and redone
     clean = tmp_path / "clean.zarr"
-    cache_activations.main([*args, "--out", str(clean)])
+    cache_activations.main([*args, "--batch-size", "64", "--out", str(clean)])
     resumed, reference = open_store(killed), open_store(clean)
+    assert resumed.provenance["config_hash"] == reference.provenance["config_hash"]
     for hook in HOOKS:
+        assert resumed.array(hook).chunks == reference.array(hook).chunks
         np.testing.assert_array_equal(resumed.numpy(hook), reference.numpy(hook))
     np.testing.assert_array_equal(resumed.tokens(), reference.tokens())

@@ -53,7 +53,7 @@ def lab(tmp_path_factory):
     cache_main(
         ["--model-dir", str(root / "model"), "--tokens", str(root / "tokens.npy"),
          "--hook", HOOK, "--out", str(store), "--batch-size", "16", "--chunk-size", "16",
-         "--threads", "1", "--device", "cpu"]
+         "--threads", "1", "--device", "cpu", "--dtype", "float32", "--compression", "none"]
     )  # fmt: skip
     return {"root": root, "model": root / "model", "tokens": root / "tokens.npy", "store": store}
 

@@ -41,7 +41,8 @@ def lab(tmp_path_factory):
     cache_main(
         ["--model-dir", str(root / "model"), "--tokens", str(root / "tokens.npy"),
          "--hook", HOOK, "--hook", Z_HOOK, "--out", str(root / "acts.zarr"),
-         "--batch-size", "8", "--chunk-size", "8", "--threads", "1", "--device", "cpu"]
+         "--batch-size", "8", "--chunk-size", "8", "--threads", "1", "--device", "cpu",
+         "--dtype", "float32", "--compression", "none"]
     )  # fmt: skip
     config = {
         "architecture": "relu", "d_sae": 32, "l1_coefficient": 0.1, "batch_size": 64,
@@ -198,7 +199,7 @@ def test_format_context_brackets_the_token_and_clips_at_the_edges():
 def test_a_dead_latent_gets_an_empty_histogram_and_no_contexts(lab):
     import copy
 
-    from mechflow.plots.saes import latent_dashboard_figure
+    from mechflow.experiments.saes.figures import latent_dashboard_figure
 
     sae = copy.deepcopy(lab["sae"])
     with torch.no_grad():

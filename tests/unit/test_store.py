@@ -141,11 +141,18 @@ def test_chunks_buffer_several_batches(tiny_model, tokens, tmp_path, write_mode)
     cache = reference(tiny_model, tokens, HOOKS)
     for hook in HOOKS:
         torch.testing.assert_close(store.torch(hook), cache[hook])
-    # default: whole batches up to TARGET_CHUNK_BYTES, never beyond the data
+    # default: rows up to TARGET_CHUNK_BYTES, never beyond the data (not whole batches)
     auto = open_store(write(tiny_model, tokens, tmp_path / "auto.zarr", chunk_size=None))
-    assert auto.provenance["chunk_rows"] == 15
-    with pytest.raises(ValueError, match="multiple of batch_size"):
-        write(tiny_model, tokens, tmp_path / "bad.zarr", chunk_size=7)
+    assert auto.provenance["chunk_rows"] == 12
+    # chunk rows need not be a multiple of the batch size: batches straddle chunks
+    chunks.clear()
+    odd = write(tiny_model, tokens, tmp_path / "odd.zarr", chunk_size=7,
+                on_chunk=lambda a, b: chunks.append((a, b)))  # fmt: skip
+    assert chunks == [(0, 7), (7, 12)]
+    for hook in HOOKS:
+        torch.testing.assert_close(open_store(odd).torch(hook), cache[hook])
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        write(tiny_model, tokens, tmp_path / "bad.zarr", chunk_size=0)
 
 
 def test_background_writes_only_with_a_spare_core(monkeypatch):
@@ -163,9 +170,9 @@ def test_auto_chunk_rows():
     from mechflow.store.writer import TARGET_CHUNK_BYTES, auto_chunk_rows
 
     row = 128 * 128 * 4 * 2  # 2 hooks, d_model 128, 128 positions, fp32
-    assert auto_chunk_rows(8, row, 10_000) == 8 * (TARGET_CHUNK_BYTES // (8 * row))
-    assert auto_chunk_rows(8, 10 * TARGET_CHUNK_BYTES, 10_000) == 8  # never below one batch
-    assert auto_chunk_rows(8, row, 20) == 24  # capped at the data, in whole batches
+    assert auto_chunk_rows(row, 10_000) == TARGET_CHUNK_BYTES // row  # no batch size involved
+    assert auto_chunk_rows(10 * TARGET_CHUNK_BYTES, 10_000) == 1  # never below one row
+    assert auto_chunk_rows(row, 20) == 20  # capped at the data
 
 
 def test_forward_kwargs_skip_what_no_hook_needs():
@@ -360,3 +367,110 @@ def test_xarray_view_and_batches(tiny_model, tokens, tmp_path):
     np.testing.assert_array_equal(store.numpy(hook, [0, 11]), store.numpy(hook)[[0, 11]])
     with pytest.raises(KeyError, match="blocks.1.hook_resid_post"):
         store.numpy("blocks.5.hook_resid_post")
+
+
+# --- identity is content: batch size and chunk rows are speed and layout ----------------------
+def array_files(store):
+    """Every file of every array (metadata and chunks), by path: the arrays' bytes on disk."""
+    return {
+        str(path.relative_to(store)): path.read_bytes()
+        for name in ["tokens", *HOOKS]
+        for path in sorted((store / name).rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_complete_store_reused_whatever_batch_size_and_chunk_rows(
+    tiny_model, tokens, tmp_path, caplog
+):
+    out = write(tiny_model, tokens, tmp_path / "s.zarr", batch_size=5, chunk_size=5)
+    (out / "marker").touch()  # a rewrite would delete it
+    stamp = (out / "zarr.json").stat().st_mtime_ns
+    chunks = []
+    for batch_size, chunk_size in [(3, 5), (7, None), (64, 4)]:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="mechflow.store.writer"):
+            write(tiny_model, tokens, out, batch_size=batch_size, chunk_size=chunk_size,
+                  on_chunk=lambda a, b: chunks.append(a))  # fmt: skip
+        assert chunks == [] and "nothing to do" in caplog.text, (batch_size, chunk_size)
+    assert (out / "marker").exists() and (out / "zarr.json").stat().st_mtime_ns == stamp
+    store = open_store(out, expect={"model_hash": "m0", "batch_size": 64, "chunk_rows": 12})
+    assert (store.provenance["batch_size"], store.provenance["chunk_rows"]) == (5, 5)
+    with pytest.raises(ProvenanceMismatchError, match="dtype"):
+        open_store(out, expect={"dtype": "float16"})
+
+
+@pytest.mark.parametrize("chunk_size", [None, 5], ids=["auto_rows", "explicit_rows"])
+def test_store_bytes_identical_whatever_batch_size(
+    tiny_model, tokens, tmp_path, monkeypatch, write_mode, chunk_size
+):
+    import mechflow.store.writer as writer
+
+    row_bytes = 9044  # the HOOKS of the tiny model over 17 positions, fp32
+    monkeypatch.setattr(writer, "TARGET_CHUNK_BYTES", 5 * row_bytes)  # auto: 5-row chunks
+    stores, chunks = {}, []
+    for batch_size in (3, 7, 64, 5):  # straddling, straddling, several chunks per batch, dividing
+        chunks.clear()
+        stores[batch_size] = write(tiny_model, tokens, tmp_path / f"b{batch_size}.zarr",
+                                   batch_size=batch_size, chunk_size=chunk_size,
+                                   on_chunk=lambda a, b: chunks.append((a, b)))  # fmt: skip
+        assert chunks == [(0, 5), (5, 10), (10, 12)], batch_size  # whole aligned chunks only
+    reference = array_files(stores[5])
+    assert len(reference) > len(HOOKS) + 1  # chunk files, not only metadata
+    for batch_size in (3, 7, 64):
+        assert array_files(stores[batch_size]) == reference, batch_size
+        a, b = open_store(stores[batch_size]), open_store(stores[5])
+        assert a.provenance["config_hash"] == b.provenance["config_hash"]
+        for name in ["tokens", *HOOKS]:
+            assert a.numpy(name).tobytes() == b.numpy(name).tobytes(), (batch_size, name)
+
+
+@pytest.mark.parametrize(("killed_batch", "resumed_batch"), [(5, 3), (3, 7), (2, 64)])
+def test_resume_with_another_batch_size_keeps_the_store_layout(
+    tiny_model, tokens, tmp_path, caplog, write_mode, killed_batch, resumed_batch
+):
+    reference = write(tiny_model, tokens, tmp_path / "ref.zarr", batch_size=12, chunk_size=5)
+    out = tmp_path / "s.zarr"
+    with pytest.raises(Killed):
+        write(tiny_model, tokens, out, batch_size=killed_batch, chunk_size=5,
+              on_chunk=kill_after_first_chunk)  # fmt: skip
+    chunks = []
+    with caplog.at_level(logging.INFO, logger="mechflow.store.writer"):
+        # the default chunk rows would now be 12: the partial store keeps its own 5
+        write(tiny_model, tokens, out, batch_size=resumed_batch, chunk_size=None,
+              on_chunk=lambda a, b: chunks.append((a, b)))  # fmt: skip
+    assert chunks == [(5, 10), (10, 12)]  # rows 0:5 were not recomputed
+    assert "keeping its 5 rows per chunk" in caplog.text
+    assert "provenance differs" not in caplog.text
+    store, ref = open_store(out), open_store(reference)
+    assert store.provenance["config_hash"] == ref.provenance["config_hash"]
+    assert array_files(out) == array_files(reference)
+    for name in ["tokens", *HOOKS]:
+        np.testing.assert_array_equal(store.numpy(name), ref.numpy(name))
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"dtype": "float16"}, "dtype"),
+        ({"compression": "zstd"}, "compression"),
+        ({"provenance": PROV | {"model_hash": "m1"}}, "model_hash"),
+        ({"provenance": PROV | {"dataset_sha256": "d1"}}, "dataset_sha256"),
+        ({"hooks": HOOKS[:3]}, "hooks"),
+    ],
+)
+def test_content_change_makes_a_complete_store_stale(
+    tiny_model, tokens, tmp_path, caplog, change, key
+):
+    out = write(tiny_model, tokens, tmp_path / "s.zarr")
+    (out / "marker").touch()
+    chunks = []
+    with caplog.at_level(logging.INFO, logger="mechflow.store.writer"):
+        write(tiny_model, tokens, out, batch_size=3, on_chunk=lambda a, b: chunks.append(a),
+              **change)  # fmt: skip
+    assert chunks == [0, 5, 10] and f"provenance differs ({key})" in caplog.text
+    assert not (out / "marker").exists()  # deleted and rewritten, not patched
+    store = open_store(out)
+    for name, value in change.items():
+        expected = value if name != "provenance" else value[key]
+        assert store.provenance[key] == expected, name

@@ -2,7 +2,9 @@
 
 The store (a directory) holds one array per full TransformerLens hook name plus ``tokens``, and
 provenance in its attrs; ``complete: true`` is written last. Rerunning after a kill resumes an
-incomplete store with matching provenance; a complete matching store is left as it is.
+incomplete store with matching provenance; a complete matching store is left as it is. The
+store's identity is its content (model, dataset, hooks, dtype, compression): ``--batch-size``
+is a machine setting (speed and memory) and rerunning with another one redoes nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from mechflow.store.writer import COMPRESSIONS, DTYPES
 
 log = logging.getLogger(__name__)
 
+# Sequences per forward pass when none is given; the workflow passes the cache_activations
+# rule's `batch_size` resource (set per machine in the profile), whose default is this value.
+DEFAULT_BATCH_SIZE = 64
+
 
 def run(
     model_dir: Path,
@@ -25,9 +31,9 @@ def run(
     hooks: list[str],
     out: Path,
     *,
-    dtype: str = "float32",
-    compression: str = "none",
-    batch_size: int = 32,
+    dtype: str,
+    compression: str,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     chunk_size: int | None = None,
     seed: int = 0,
     device: str = "auto",
@@ -78,14 +84,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--hook", required=True, action="append", dest="hooks", help="full hook name; repeatable"
     )
-    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    parser.add_argument("--compression", default="none", choices=COMPRESSIONS)
-    parser.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass")
+    parser.add_argument("--dtype", required=True, choices=sorted(DTYPES))
+    parser.add_argument("--compression", required=True, choices=COMPRESSIONS)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help="sequences per forward pass: speed and memory only, not part of the store's "
+        f"identity (default {DEFAULT_BATCH_SIZE})",
+    )
     parser.add_argument(
         "--chunk-size",
         type=int,
         default=None,
-        help="sequences per zarr chunk, a multiple of --batch-size (default: ~16 MiB chunks)",
+        help="sequences per zarr chunk of a new store, any size (default: ~16 MiB chunks); "
+        "layout only, a resumed store keeps its own",
     )
     parser.add_argument("--seed", type=int, default=0)
     add_runtime_flags(parser, device=True)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import zarr
 
-from mechflow.store.writer import ATTRS_KEY, TOKENS
+from mechflow.store.writer import ATTRS_KEY, LAYOUT_KEYS, TOKENS
 
 if TYPE_CHECKING:
     import xarray
@@ -122,6 +122,8 @@ class ActivationStore:
 
 def _check_expect(path: Path, provenance: Mapping[str, Any], expect: Mapping[str, Any]) -> None:
     for key, expected in expect.items():
+        if key in LAYOUT_KEYS:  # speed and layout, not content: never a mismatch
+            continue
         found = provenance.get(key)
         if key == "hooks":
             missing = [h for h in expected if h not in (found or [])]
@@ -134,7 +136,8 @@ def _check_expect(path: Path, provenance: Mapping[str, Any], expect: Mapping[str
 def open_store(path: str | os.PathLike, expect: Mapping[str, Any] | None = None) -> ActivationStore:
     """Open a complete store; ``expect`` maps provenance keys to required values.
 
-    ``expect["hooks"]`` lists hooks the store must contain; any other key must be equal.
+    ``expect["hooks"]`` lists hooks the store must contain; any other key must be equal,
+    except the layout keys (batch size, chunk rows), which never decide a store's content.
     """
     path = Path(path)
     try:

@@ -1,11 +1,15 @@
 """Stream a model's activations into one zarr v3 group, resumably, in bounded memory.
 
 One array per full TransformerLens hook name plus ``tokens``; every array is chunked along
-``seq`` only, and forward batches are buffered into whole chunks, so each write is one whole
-aligned chunk (misaligned chunks force read-modify-write, measured 3-8x slower). Group attrs
-hold ``complete`` (false until every row is written, set last), ``rows_written`` (advanced
-after each whole chunk, so a killed run resumes where it stopped) and the provenance under
-``mechflow``.
+``seq`` only. Rows per chunk come from a bytes target, not from the forward batch size, and
+forward batches are buffered into whole chunks (a batch may straddle two), so each write is one
+whole aligned chunk (misaligned chunks force read-modify-write, measured 3-8x slower). Group
+attrs hold ``complete`` (false until every row is written, set last), ``rows_written``
+(advanced after each whole chunk, so a killed run resumes where it stopped) and the provenance
+under ``mechflow``.
+
+A store's identity is its content (:data:`MATCH_KEYS`): the batch size and the chunk rows only
+decide speed and layout, so a store written with other ones is reused or resumed, never redone.
 """
 
 from __future__ import annotations
@@ -39,12 +43,14 @@ ATTRS_KEY = "mechflow"
 TOKENS = "tokens"
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 COMPRESSIONS = ("none", "zstd", "blosc")
-# Provenance that decides the store's content and layout: a store is resumed or reused only
-# when all of these match.
+# Provenance that decides the store's content: a store is resumed or reused only when all of
+# these match.
 MATCH_KEYS = (
     "model_hash", "dataset_sha256", "n_sequences", "n_pos", "hooks", "dtype", "compression",
-    "batch_size", "chunk_size",
 )  # fmt: skip
+# Recorded for information, never compared: speed and layout, not content. A resumed store
+# keeps its own chunk rows.
+LAYOUT_KEYS = ("batch_size", "chunk_size", "chunk_rows")
 # Default bytes per chunk, summed over the hooks (see auto_chunk_rows).
 TARGET_CHUNK_BYTES = 16 << 20
 REQUIRED_PROVENANCE = ("model_hash", "dataset_sha256")
@@ -169,20 +175,16 @@ def _store_meta(
     hooks: list[str],
     dtype: str,
     compression: str,
-    batch_size: int,
-    chunk_size: int | None,
     n_seq: int,
     n_pos: int,
     **extra: Any,
 ) -> dict[str, Any]:
-    """The store's provenance attrs, with the hash of what decides its content and layout."""
+    """The store's provenance attrs, with the hash of what decides its content."""
     meta = {
         **provenance,
         "hooks": hooks,
         "dtype": dtype,
         "compression": compression,
-        "batch_size": batch_size,
-        "chunk_size": chunk_size,
         "n_sequences": n_seq,
         "n_pos": n_pos,
         **extra,
@@ -218,12 +220,16 @@ def _existing_state(out: Path, meta: Mapping[str, Any]) -> str | int:
     return rows
 
 
-def _layout_matches(group: zarr.Group, shapes: Mapping[str, tuple], chunk_rows: int) -> bool:
+def _existing_chunk_rows(group: zarr.Group, shapes: Mapping[str, tuple]) -> int | None:
+    """Rows per chunk of a partial store, or None unless every array is there and agrees."""
     try:
         arrays = {name: group[name] for name in shapes}
     except KeyError:
-        return False
-    return all(a.shape == shapes[n] and a.chunks[0] == chunk_rows for n, a in arrays.items())
+        return None
+    rows = {a.chunks[0] for a in arrays.values()}
+    if len(rows) != 1 or any(a.shape != shapes[n] for n, a in arrays.items()):
+        return None
+    return rows.pop()
 
 
 def _create(
@@ -275,15 +281,15 @@ def _forward_batches(
         del cache  # before the next forward pass, not after it
 
 
-def auto_chunk_rows(batch_size: int, row_bytes: int, n_seq: int) -> int:
-    """Rows per chunk: whole forward batches adding up to ~TARGET_CHUNK_BYTES over all hooks.
+def auto_chunk_rows(row_bytes: int, n_seq: int) -> int:
+    """Rows per chunk: ~TARGET_CHUNK_BYTES over all hooks, at least one row, at most the data.
 
-    zarr 3 pays ~2 ms per chunk write whatever its size, so 0.5 MB chunks (8 x 128 tokens of a
-    d_model 128 model) write at ~200 MB/s and 8 MB chunks at ~1 GB/s.
+    Independent of the forward batch size, so the layout (and the bytes on disk) is the same
+    whatever batch size wrote the store. zarr 3 pays ~2 ms per chunk write whatever its size, so
+    0.5 MB chunks (8 x 128 tokens of a d_model 128 model) write at ~200 MB/s and 8 MB chunks at
+    ~1 GB/s.
     """
-    per_batch = max(1, batch_size * row_bytes)
-    rows = batch_size * max(1, TARGET_CHUNK_BYTES // per_batch)
-    return min(rows, -(-n_seq // batch_size) * batch_size)
+    return max(1, min(TARGET_CHUNK_BYTES // max(1, row_bytes), n_seq))
 
 
 def write_activation_store(
@@ -302,13 +308,16 @@ def write_activation_store(
 ) -> Path:
     """Cache ``hooks`` of ``model`` over ``tokens`` into the zarr v3 group ``out``.
 
-    ``batch_size`` sequences go through the model at a time; ``chunk_size`` (a multiple of it,
-    default :func:`auto_chunk_rows`) sequences make one chunk, buffered and written whole.
+    ``batch_size`` sequences go through the model at a time (speed and memory only: it is not
+    part of the store's identity); ``chunk_size`` sequences make one chunk of a new store
+    (default :func:`auto_chunk_rows`), buffered across batches and written whole.
     ``provenance`` must carry ``model_hash`` and ``dataset_sha256`` (plus e.g. ``model``,
     ``dataset``, ``seed``); the writer adds hooks, layout, versions, git revision and time.
-    An existing complete store with matching provenance is kept; an incomplete matching one is
-    resumed from ``rows_written``; any other store is deleted and rewritten. ``on_chunk(start,
-    stop)`` is called after each chunk is recorded (tests use it to simulate a kill).
+    An existing complete store whose content provenance (:data:`MATCH_KEYS`) matches is kept,
+    whatever batch size and chunk rows wrote it; an incomplete matching one is resumed from
+    ``rows_written`` in its own chunk layout; any other store is deleted and rewritten.
+    ``on_chunk(start, stop)`` is called after each chunk is recorded (tests use it to simulate
+    a kill).
 
     Hooks are checked against ``model.hook_dict`` and then against the first batch's forward
     pass (a hook may exist yet never fire, e.g. ``hook_attn_in`` without ``use_attn_in``), both
@@ -325,8 +334,8 @@ def write_activation_store(
     compressors(compression)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if chunk_size is not None and (chunk_size < 1 or chunk_size % batch_size):
-        raise ValueError(f"chunk_size {chunk_size} must be a multiple of batch_size {batch_size}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     missing = [k for k in REQUIRED_PROVENANCE if not provenance.get(k)]
     if missing:
         raise ValueError(
@@ -338,8 +347,8 @@ def write_activation_store(
 
     n_seq, n_pos = tokens.shape
     meta = _store_meta(
-        provenance, hooks, dtype, compression, batch_size, chunk_size, n_seq, n_pos,
-        forward_kwargs=fwd,
+        provenance, hooks, dtype, compression, n_seq, n_pos,
+        batch_size=batch_size, chunk_size=chunk_size, forward_kwargs=fwd,
     )  # fmt: skip
 
     state = _existing_state(out, meta)
@@ -358,13 +367,12 @@ def write_activation_store(
     shapes = {TOKENS: (n_seq, n_pos), **{h: (n_seq, *first[3][h].shape[1:]) for h in hooks}}
     np_dtype = np.dtype(dtype)
     row_bytes = sum(int(np.prod(shapes[h][1:])) for h in hooks) * np_dtype.itemsize
-    chunk_rows = chunk_size or auto_chunk_rows(batch_size, row_bytes, n_seq)
-    meta["chunk_rows"] = chunk_rows
-    meta["dimension_names"] = {h: list(dimension_names(h, shapes[h])) for h in hooks}
+    chunk_rows = chunk_size or auto_chunk_rows(row_bytes, n_seq)
 
     if isinstance(state, int):
         group = zarr.open_group(out, mode="r+", zarr_format=3)
-        if start_row % chunk_rows or not _layout_matches(group, shapes, chunk_rows):
+        existing = _existing_chunk_rows(group, shapes)
+        if existing is None or start_row % existing:
             log.info("%s: arrays or rows_written inconsistent; deleting and restarting", out)
             del first, batches
             shutil.rmtree(out)
@@ -373,8 +381,13 @@ def write_activation_store(
                 dtype=dtype, compression=compression, provenance=provenance,
                 progress=progress, on_chunk=on_chunk,
             )  # fmt: skip
+        if existing != chunk_rows:
+            log.info("%s: keeping its %d rows per chunk (not %d)", out, existing, chunk_rows)
+        chunk_rows = existing
         log.info("%s: resuming at row %d of %d", out, start_row, n_seq)
     else:
+        meta["chunk_rows"] = chunk_rows
+        meta["dimension_names"] = {h: list(dimension_names(h, shapes[h])) for h in hooks}
         if state == "stale":
             shutil.rmtree(out)
         group = _create(out, meta, shapes, dtype, compression)
@@ -390,24 +403,30 @@ def write_activation_store(
     remaining = itertools.chain([first], batches)
     del first  # else the first batch's activations stay alive for the whole run
     buffer: dict[str, np.ndarray] = {}
-    chunk_start = start_row
+    chunk_start = start_row  # a multiple of chunk_rows: chunks stay aligned
     background = background_writes(model.cfg.device)
     with bar, _ChunkWriter(group, arrays, on_chunk, background) as writer:
         for start, stop, batch_np, cache in remaining:
-            if not buffer:  # a fresh buffer per chunk: the last one belongs to the writer now
-                rows = min(chunk_rows, n_seq - start)
-                buffer[TOKENS] = np.empty((rows, n_pos), dtype=np.int32)
-                for hook in hooks:
-                    buffer[hook] = np.empty((rows, *shapes[hook][1:]), dtype=np_dtype)
-                chunk_start = start
-            lo, hi = start - chunk_start, stop - chunk_start
-            buffer[TOKENS][lo:hi] = batch_np
-            for hook in hooks:  # cast and device-to-host copy in one step
-                torch.from_numpy(buffer[hook][lo:hi]).copy_(cache[hook])
+            row = start
+            while row < stop:  # a batch may end one chunk and begin the next
+                if not buffer:  # a fresh buffer per chunk: the last one belongs to the writer now
+                    chunk_start = row
+                    rows = min(chunk_rows, n_seq - row)
+                    buffer[TOKENS] = np.empty((rows, n_pos), dtype=np.int32)
+                    for hook in hooks:
+                        buffer[hook] = np.empty((rows, *shapes[hook][1:]), dtype=np_dtype)
+                take = min(stop, chunk_start + len(buffer[TOKENS])) - row
+                lo, src = row - chunk_start, row - start
+                buffer[TOKENS][lo : lo + take] = batch_np[src : src + take]
+                for hook in hooks:  # cast and device-to-host copy in one step
+                    torch.from_numpy(buffer[hook][lo : lo + take]).copy_(
+                        cache[hook][src : src + take]
+                    )
+                row += take
+                if lo + take == len(buffer[TOKENS]):
+                    writer.put(chunk_start, chunk_start + lo + take, buffer)
+                    buffer = {}
             del cache
-            if hi == len(buffer[TOKENS]):
-                writer.put(chunk_start, chunk_start + hi, buffer)
-                buffer = {}
             bar.update(stop - start)
     group.attrs["complete"] = True
     log.info("wrote %s: %d sequences, hooks %s", out, n_seq, hooks)
@@ -441,9 +460,9 @@ def write_array_store(
     if tokens is None:
         tokens = np.repeat(np.arange(n_seq, dtype=np.int32)[:, None], n_pos, axis=1)
     hooks = list(arrays)
-    meta = _store_meta(provenance, hooks, dtype, compression, n_seq, None, n_seq, n_pos)
+    meta = _store_meta(provenance, hooks, dtype, compression, n_seq, n_pos)
     row_bytes = sum(int(np.prod(s[1:])) for s in shapes.values()) * np.dtype(dtype).itemsize
-    meta["chunk_rows"] = auto_chunk_rows(n_seq, row_bytes, n_seq)
+    meta["chunk_rows"] = auto_chunk_rows(row_bytes, n_seq)
     meta["dimension_names"] = {h: list(dimension_names(h, shapes[h])) for h in hooks}
     if out.exists():
         shutil.rmtree(out)
