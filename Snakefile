@@ -2,15 +2,17 @@
 #
 # Results path scheme (everything under results/ is produced by this workflow):
 #   results/datasets/{dataset}.npy                       token datasets (seq x pos, int32)
-#   results/models/{model}/model.safetensors, config.json trained or imported models
+#   results/models/{model}/model.safetensors, config.json trained or imported models (shared)
 #   results/models/{model}/train_log.csv, checkpoints/    loss log and weights over training
 #   results/activations/{model}/{dataset}.zarr            zarr v3 activation stores, one array per hook
-#   results/models/{run}/split.npz                        a grokking run's train/test split
-#   results/superposition/models/{toy}/                    toy models of superposition
-#   results/saes/{model}/{hook}/{sae}/                    SAEs (SAELens layout), logs, metrics
-#   results/{experiment}/{model}/{analysis}.csv           tidy analysis tables
-#   results/figures/{experiment}/{model}/{figure}.png|svg figures (the report gathers the PNGs)
+#   results/{experiment}/...                             what one experiment owns: its tables, and
+#                                                        its own models (grokking/models/{run}/,
+#                                                        superposition/models/{toy}/, saes/{model}/{hook}/{sae}/)
+#   results/figures/{experiment}/...                     figures (the report gathers the PNGs)
 #   logs/{rule}/...  benchmarks/{rule}/...                per-job logs and timings
+#
+# Experiments are registered in mechflow.experiments.EXPERIMENTS; each has its rule file
+# workflow/rules/{experiment}.smk, included by common.smk's registry loop below.
 
 from snakemake.utils import min_version
 
@@ -32,14 +34,14 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/datasets.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/activations.smk"
-include: "workflow/rules/induction.smk"
-include: "workflow/rules/grokking.smk"
-include: "workflow/rules/superposition.smk"
-include: "workflow/rules/saes.smk"
-include: "workflow/rules/figures.smk"
+
+
+for _experiment in EXPERIMENTS:
+
+    include: f"workflow/rules/{_experiment}.smk"
 
 
 rule all:
     default_target: True
     input:
-        get_all_targets(),
+        W.targets(),

@@ -8,17 +8,22 @@ import pandas as pd
 import pytest
 import torch
 
-from mechflow.analysis.fourier import (
+from mechflow.experiments.grokking.checks import grokking_checks
+from mechflow.experiments.grokking.fourier import (
     embedding_fourier_norms,
     fourier_basis,
     key_frequencies,
     key_frequency_fraction,
     unit_frequencies,
 )
-from mechflow.analysis.grokking_checks import grokking_checks
-from mechflow.analysis.grokking_phases import phase_boundaries, phase_table
-from mechflow.analysis.progress_measures import split_logits
-from mechflow.data.modular_addition import all_pairs, check_task, is_prime, train_test_split
+from mechflow.experiments.grokking.modular_addition import (
+    all_pairs,
+    check_task,
+    is_prime,
+    train_test_split,
+)
+from mechflow.experiments.grokking.phases import phase_boundaries, phase_table
+from mechflow.experiments.grokking.progress_measures import split_logits
 
 P = 31
 

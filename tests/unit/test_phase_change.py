@@ -9,9 +9,9 @@ from torch.testing import assert_close
 
 from mechflow.analysis.attention_scores import head_scores
 from mechflow.analysis.losses import half_losses, icl_score, loss_by_position
-from mechflow.analysis.phase_change import METRICS, checkpoint_metrics
 from mechflow.data.induction import repeated_spans
 from mechflow.data.tokens import load_tokens
+from mechflow.experiments.induction.phase_change import METRICS, checkpoint_metrics
 from mechflow.models.checkpoints import list_checkpoints
 
 

@@ -11,7 +11,7 @@ import pytest
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from mechflow.plots import induction as ind
+from mechflow.experiments.induction import figures as ind
 from mechflow.plots.style import save_figure
 
 N_LAYERS, N_HEADS = 2, 4

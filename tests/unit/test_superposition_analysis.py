@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mechflow.analysis import superposition as sup
+from mechflow.experiments.superposition import analysis as sup
 
 
 def polygon(k: int) -> np.ndarray:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from mechflow.analysis.superposition import feature_norms, gram, superposition
-from mechflow.models.toy_superposition import (
+from mechflow.experiments.superposition.analysis import feature_norms, gram, superposition
+from mechflow.experiments.superposition.toy_model import (
     LOG_COLUMNS,
     ToyModel,
     ToyModelConfig,

@@ -6,12 +6,14 @@ data generator, trainer, cache, score or ablation fails them.
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from workflow_helpers import copy_workflow, snakemake
+from workflow_helpers import ROOT, copy_workflow, snakemake
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +34,9 @@ def test_dry_run_of_the_default_config_plans_every_figure(workflow_copy):
         if len(line.split()) == 2 and line.split()[1].isdigit()
     }
     assert counts["train_model"] == 2
-    assert counts["cache_activations"] == 2 + 2  # the induction probes, and the SAE train/eval caches
+    assert (
+        counts["cache_activations"] == 2 + 2
+    )  # the induction probes, and the SAE train/eval caches
     assert counts["plot_composition"] == 1  # only the 2-layer model has composition
     assert counts["plot_phase_change"] == 2
     assert counts["train_grokking_model"] == 1
@@ -86,7 +90,115 @@ def test_schema_error_names_the_key(workflow_copy, tmp_path):
     bad.write_text(yaml.safe_dump(cfg))
     proc = snakemake(workflow_copy, "-n", "--configfile", str(bad), check=False)
     assert proc.returncode != 0
-    assert "-5" in proc.stdout + proc.stderr and "steps" in proc.stdout + proc.stderr
+    message = proc.stdout + proc.stderr
+    assert "-5 is less than the minimum of 1" in message
+    assert "['models']['attn_only_2l']['training']['steps']" in message
+    assert not (workflow_copy / "results").exists()
+
+
+def test_schema_error_in_an_experiment_section_names_the_section(workflow_copy, tmp_path):
+    cfg = yaml.safe_load((workflow_copy / "config/test.yaml").read_text())
+    cfg["experiments"]["superposition"]["toy_models"]["n5_m2"]["steps"] = 0
+    bad = tmp_path / "bad_section.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    proc = snakemake(workflow_copy, "-n", "--configfile", str(bad), check=False)
+    assert proc.returncode != 0
+    message = proc.stdout + proc.stderr
+    assert "experiments.superposition" in message and "0 is less than the minimum of 1" in message
+    assert "['toy_models']['n5_m2']['steps']" in message
+
+
+DUMMY_WIRING = """
+from mechflow.experiments.base import Experiment
+from mechflow.wiring import RESULTS
+
+
+class Wiring(Experiment):
+    name = "dummy"
+
+    def check(self, problems):
+        if len(set(self.settings["items"])) != len(self.settings["items"]):
+            problems.append("experiments.dummy.items: repeated item")
+
+    def wildcards(self):
+        return {"item": list(self.settings["items"]) if self.enabled else []}
+
+    def targets(self):
+        return [f"{RESULTS}/dummy/{item}.txt" for item in self.settings["items"]]
+"""
+
+DUMMY_RULES = """
+DUMMY = EXPERIMENT["dummy"]
+
+
+rule count_dummy:
+    output:
+        f"{RESULTS}/dummy/{{item}}.txt",
+    params:
+        n=DUMMY.setting("n"),
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/count_dummy/{item}.log",
+    shell:
+        "echo {wildcards.item} {params.n} > {output:q} 2> {log:q}"
+"""
+
+DUMMY_SCHEMA = """
+$schema: "https://json-schema.org/draft/2020-12/schema"
+type: object
+additionalProperties: false
+required: [items]
+properties:
+  items: {type: array, items: {$ref: "config.schema.yaml#/$defs/slug"}}
+  n: {$ref: "config.schema.yaml#/$defs/positive_int", default: 3}
+"""
+
+
+def test_a_registered_experiment_runs_through_its_own_files_and_one_registry_line(tmp_path):
+    """Adding an experiment: its package, rule file and schema, plus its name in EXPERIMENTS."""
+    work = copy_workflow(tmp_path / "wf")
+    src = tmp_path / "src"
+    shutil.copytree(
+        ROOT / "src/mechflow", src / "mechflow", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    registry = src / "mechflow/experiments/__init__.py"
+    text = registry.read_text()
+    assert '"saes")' in text
+    registry.write_text(text.replace('"saes")', '"saes", "dummy")'))  # the one registry line
+    (src / "mechflow/experiments/dummy").mkdir()
+    (src / "mechflow/experiments/dummy/__init__.py").write_text("")
+    (src / "mechflow/experiments/dummy/workflow.py").write_text(DUMMY_WIRING)
+    (work / "workflow/rules/dummy.smk").write_text(DUMMY_RULES)
+    (work / "workflow/schemas/dummy.schema.yaml").write_text(DUMMY_SCHEMA)
+    cfg = yaml.safe_load((work / "config/test.yaml").read_text())
+    cfg["experiments"]["dummy"] = {"items": ["a", "b"]}
+    (work / "dummy.yaml").write_text(yaml.safe_dump(cfg))
+    env = {"PYTHONPATH": str(src)}
+
+    out = snakemake(work, "-n", "--quiet", "rules", "--configfile", "dummy.yaml", env=env).stdout
+    assert re.search(r"^count_dummy\s+2$", out, re.M), out
+    lint = snakemake(work, "--lint", "--configfile", "dummy.yaml", env=env)
+    assert "Congratulations" in lint.stdout + lint.stderr
+    snakemake(work, "results/dummy/b.txt", "--cores", "1", "--configfile", "dummy.yaml", env=env)
+    assert (work / "results/dummy/b.txt").read_text().split() == ["b", "3"]  # the schema default
+
+    cfg["experiments"]["dummy"] = {"items": ["a", "a"]}
+    (work / "dummy.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake(work, "-n", "--configfile", "dummy.yaml", env=env, check=False)
+    assert (
+        proc.returncode != 0
+        and "experiments.dummy.items: repeated item" in proc.stdout + proc.stderr
+    )
+
+    # without the registry line the section is refused, naming the registered experiments
+    registry.write_text(text)
+    proc = snakemake(work, "-n", "--configfile", "dummy.yaml", env=env, check=False)
+    assert proc.returncode != 0
+    assert (
+        "experiments.dummy: unknown experiment (registered: ['grokking'"
+        in proc.stdout + proc.stderr
+    )
 
 
 # --- the real tiny end-to-end run ---------------------------------------------------------------
@@ -212,7 +324,7 @@ def grokking_table(run: Path, name: str) -> pd.DataFrame:
 def test_grokking_run_reproduces_the_papers_claims(tiny_run):
     checks = grokking_table(tiny_run, "checks").set_index("check")
     assert checks.passed.all(), checks  # enforce_checks: the run would have failed anyway
-    log = pd.read_csv(tiny_run / "results/models/modadd_37/train_log.csv")
+    log = pd.read_csv(tiny_run / "results/grokking/models/modadd_37/train_log.csv")
     memorised = log.loc[log.train_accuracy >= 1.0, "epoch"].min()
     generalised = log.loc[log.test_accuracy >= 0.99, "epoch"].min()
     assert memorised < 0.5 * generalised

@@ -8,10 +8,9 @@ rule cache_activations:
     params:
         device=get_device,
         model_dir=subpath(input.weights, parent=True),
-        hooks=get_cache_hook_flags,
-        dtype=ACTIVATIONS.get("dtype", "float32"),
-        compression=ACTIVATIONS.get("compression", "zstd"),
-        batch_size=ACTIVATIONS.get("batch_size", 64),
+        hooks=W.cache_hook_flags,
+        dtype=W.activations["dtype"],
+        compression=W.activations["compression"],
     conda:
         "../../environment.yml"
     log:
@@ -23,8 +22,11 @@ rule cache_activations:
         gpu=GPU_HERE,
         mem_mb=4000,
         runtime=60,
+        # sequences per forward pass: a machine setting (speed, memory), so it is a resource,
+        # not a param: a profile's `set-resources` changes it without rerunning any job
+        batch_size=64,
     shell:
         "python -m mechflow.steps.cache_activations --model-dir {params.model_dir:q}"
         " --tokens {input.tokens:q} {params.hooks} --dtype {params.dtype}"
-        " --compression {params.compression} --batch-size {params.batch_size}"
+        " --compression {params.compression} --batch-size {resources.batch_size}"
         " --threads {threads} --device {params.device} --out {output:q} > {log:q} 2>&1"

@@ -2,8 +2,8 @@ rule make_dataset:
     output:
         f"{RESULTS}/datasets/{{dataset}}.npy",
     params:
-        kind=get_dataset_kind,
-        spec=get_dataset_spec,
+        kind=W.dataset_kind,
+        spec=W.dataset_spec,
     conda:
         "../../environment.yml"
     log:

@@ -1,6 +1,10 @@
 # Grokking modular addition (Nanda et al. 2023): full-batch training with checkpoints, then the
 # Fourier analyses and progress measures, all computed afterwards from the saved weights.
 
+GROKKING = EXPERIMENT["grokking"]  # mechflow.experiments.grokking.workflow
+GROKKING_MODEL = f"{RESULTS}/grokking/models/{{run}}"  # a run's model belongs to the experiment
+
+
 localrules:
     check_grokking,
     plot_grokking_curves,
@@ -11,18 +15,18 @@ localrules:
 
 rule train_grokking_model:
     output:
-        weights=f"{RESULTS}/models/{{run}}/model.safetensors",
-        config=f"{RESULTS}/models/{{run}}/config.json",
-        loss_log=f"{RESULTS}/models/{{run}}/train_log.csv",
-        split=f"{RESULTS}/models/{{run}}/split.npz",
-        checkpoints=directory(f"{RESULTS}/models/{{run}}/checkpoints"),
+        weights=f"{GROKKING_MODEL}/model.safetensors",
+        config=f"{GROKKING_MODEL}/config.json",
+        loss_log=f"{GROKKING_MODEL}/train_log.csv",
+        split=f"{GROKKING_MODEL}/split.npz",
+        checkpoints=directory(f"{GROKKING_MODEL}/checkpoints"),
     params:
         device=get_device,
-        modulus=get_modulus,
-        train_fraction=get_train_fraction,
-        data_seed=get_data_seed,
-        architecture=get_grokking_architecture,
-        training=get_grokking_training,
+        modulus=GROKKING.modulus,
+        train_fraction=GROKKING.train_fraction,
+        data_seed=GROKKING.data_seed,
+        architecture=GROKKING.architecture_json,
+        training=GROKKING.training_json,
         out_dir=subpath(output.weights, parent=True),
     conda:
         "../../environment.yml"
@@ -44,8 +48,8 @@ rule train_grokking_model:
 
 rule analyze_embedding_fourier:
     input:
-        weights=f"{RESULTS}/models/{{run}}/model.safetensors",
-        split=f"{RESULTS}/models/{{run}}/split.npz",
+        weights=f"{GROKKING_MODEL}/model.safetensors",
+        split=f"{GROKKING_MODEL}/split.npz",
     output:
         f"{RESULTS}/grokking/{{run}}/embedding_fourier.csv",
     params:
@@ -66,8 +70,8 @@ rule analyze_embedding_fourier:
 
 rule analyze_neurons_fourier:
     input:
-        weights=f"{RESULTS}/models/{{run}}/model.safetensors",
-        split=f"{RESULTS}/models/{{run}}/split.npz",
+        weights=f"{GROKKING_MODEL}/model.safetensors",
+        split=f"{GROKKING_MODEL}/split.npz",
         embedding=f"{RESULTS}/grokking/{{run}}/embedding_fourier.csv",
     output:
         neurons=f"{RESULTS}/grokking/{{run}}/neuron_fourier.csv",
@@ -77,8 +81,8 @@ rule analyze_neurons_fourier:
     params:
         model_dir=subpath(input.weights, parent=True),
         out_dir=subpath(output.key_table, parent=True),
-        min_neuron_share=grokking_setting("min_neuron_share"),
-        min_fraction=grokking_setting("min_fraction"),
+        min_neuron_share=GROKKING.setting("min_neuron_share"),
+        min_fraction=GROKKING.setting("min_fraction"),
     conda:
         "../../environment.yml"
     log:
@@ -96,16 +100,16 @@ rule analyze_neurons_fourier:
 
 rule measure_progress:
     input:
-        weights=f"{RESULTS}/models/{{run}}/model.safetensors",
-        split=f"{RESULTS}/models/{{run}}/split.npz",
-        checkpoints=f"{RESULTS}/models/{{run}}/checkpoints",
+        weights=f"{GROKKING_MODEL}/model.safetensors",
+        split=f"{GROKKING_MODEL}/split.npz",
+        checkpoints=f"{GROKKING_MODEL}/checkpoints",
         key_table=f"{RESULTS}/grokking/{{run}}/key_frequencies.csv",
     output:
         progress=f"{RESULTS}/grokking/{{run}}/progress.csv",
         phases=f"{RESULTS}/grokking/{{run}}/phases.csv",
     params:
         model_dir=subpath(input.weights, parent=True),
-        range_flags=get_progress_range_flags,
+        range_flags=GROKKING.progress_range_flags,
     conda:
         "../../environment.yml"
     log:
@@ -132,7 +136,7 @@ rule check_grokking:
     output:
         f"{RESULTS}/grokking/{{run}}/checks.csv",
     params:
-        enforce=get_enforce_flag,
+        enforce=GROKKING.enforce_flag,
     conda:
         "../../environment.yml"
     log:
@@ -148,16 +152,19 @@ rule check_grokking:
 
 rule plot_grokking_curves:
     input:
-        log=f"{RESULTS}/models/{{run}}/train_log.csv",
+        log=f"{GROKKING_MODEL}/train_log.csv",
         phases=f"{RESULTS}/grokking/{{run}}/phases.csv",
     output:
         png=report(
             f"{RESULTS}/figures/grokking/{{run}}/grokking_curves.png",
-            caption="../report/grokking_curves.rst",
+            caption="../report/grokking/grokking_curves.rst",
             category="Grokking",
             subcategory="{run}",
         ),
         svg=f"{RESULTS}/figures/grokking/{{run}}/grokking_curves.svg",
+    params:
+        figure="grokking.grokking_curves",
+        tables=table_flags,
     conda:
         "../../environment.yml"
     log:
@@ -166,22 +173,24 @@ rule plot_grokking_curves:
         mem_mb=1000,
         runtime=5,
     shell:
-        "python -m mechflow.steps.plot_grokking_curves --log {input.log:q} --phases {input.phases:q}"
-        " --out {output.png:q} > {log:q} 2>&1"
+        PLOT_SHELL
 
 
 rule plot_embedding_fourier:
     input:
         table=f"{RESULTS}/grokking/{{run}}/embedding_fourier.csv",
-        key_table=f"{RESULTS}/grokking/{{run}}/key_frequencies.csv",
+        key_frequencies=f"{RESULTS}/grokking/{{run}}/key_frequencies.csv",
     output:
         png=report(
             f"{RESULTS}/figures/grokking/{{run}}/embedding_fourier.png",
-            caption="../report/embedding_fourier.rst",
+            caption="../report/grokking/embedding_fourier.rst",
             category="Grokking",
             subcategory="{run}",
         ),
         svg=f"{RESULTS}/figures/grokking/{{run}}/embedding_fourier.svg",
+    params:
+        figure="grokking.embedding_fourier",
+        tables=table_flags,
     conda:
         "../../environment.yml"
     log:
@@ -190,21 +199,23 @@ rule plot_embedding_fourier:
         mem_mb=1000,
         runtime=5,
     shell:
-        "python -m mechflow.steps.plot_embedding_fourier --table {input.table:q}"
-        " --key-frequencies {input.key_table:q} --out {output.png:q} > {log:q} 2>&1"
+        PLOT_SHELL
 
 
 rule plot_activation_maps:
     input:
-        f"{RESULTS}/grokking/{{run}}/activation_maps.csv",
+        table=f"{RESULTS}/grokking/{{run}}/activation_maps.csv",
     output:
         png=report(
             f"{RESULTS}/figures/grokking/{{run}}/activation_maps.png",
-            caption="../report/activation_maps.rst",
+            caption="../report/grokking/activation_maps.rst",
             category="Grokking",
             subcategory="{run}",
         ),
         svg=f"{RESULTS}/figures/grokking/{{run}}/activation_maps.svg",
+    params:
+        figure="grokking.activation_maps",
+        tables=table_flags,
     conda:
         "../../environment.yml"
     log:
@@ -213,8 +224,7 @@ rule plot_activation_maps:
         mem_mb=2000,
         runtime=5,
     shell:
-        "python -m mechflow.steps.plot_activation_maps --table {input:q} --out {output.png:q}"
-        " > {log:q} 2>&1"
+        PLOT_SHELL
 
 
 rule plot_progress_measures:
@@ -224,11 +234,14 @@ rule plot_progress_measures:
     output:
         png=report(
             f"{RESULTS}/figures/grokking/{{run}}/progress_measures.png",
-            caption="../report/progress_measures.rst",
+            caption="../report/grokking/progress_measures.rst",
             category="Grokking",
             subcategory="{run}",
         ),
         svg=f"{RESULTS}/figures/grokking/{{run}}/progress_measures.svg",
+    params:
+        figure="grokking.progress_measures",
+        tables=table_flags,
     conda:
         "../../environment.yml"
     log:
@@ -237,5 +250,4 @@ rule plot_progress_measures:
         mem_mb=1000,
         runtime=5,
     shell:
-        "python -m mechflow.steps.plot_progress_measures --table {input.table:q}"
-        " --phases {input.phases:q} --out {output.png:q} > {log:q} 2>&1"
+        PLOT_SHELL

@@ -1,3 +1,16 @@
+INDUCTION = EXPERIMENT["induction"]  # mechflow.experiments.induction.workflow
+
+
+# Plots take seconds and little memory: on a cluster they run on the submitting host.
+localrules:
+    plot_head_scores,
+    plot_loss_by_position,
+    plot_head_ablation,
+    plot_composition,
+    plot_copying,
+    plot_phase_change,
+
+
 # Induction heads and composition (Elhage et al. 2021; Olsson et al. 2022): one table per analysis
 # under results/induction/{model}/.
 #
@@ -9,15 +22,15 @@
 
 rule score_heads:
     input:
-        store=get_eval_store,
+        store=INDUCTION.eval_store,
         weights=f"{RESULTS}/models/{{model}}/model.safetensors",
-        tokens=get_eval_tokens,
+        tokens=INDUCTION.eval_tokens,
     output:
         f"{RESULTS}/induction/{{model}}/head_scores.csv",
     params:
         model_dir=subpath(input.weights, parent=True),
-        half_len=get_half_len,
-        batch_size=induction_setting("batch_size", 64),
+        half_len=INDUCTION.half_len,
+        batch_size=INDUCTION.setting("batch_size"),
     group:
         "induction_{model}"
     conda:
@@ -37,14 +50,14 @@ rule score_heads:
 rule measure_loss_by_position:
     input:
         weights=f"{RESULTS}/models/{{model}}/model.safetensors",
-        tokens=get_eval_tokens,
+        tokens=INDUCTION.eval_tokens,
     output:
         f"{RESULTS}/induction/{{model}}/loss_by_position.csv",
     params:
         device=get_device,
         model_dir=subpath(input.weights, parent=True),
-        half_len=get_half_len,
-        batch_size=induction_setting("batch_size", 64),
+        half_len=INDUCTION.half_len,
+        batch_size=INDUCTION.setting("batch_size"),
     group:
         "induction_{model}"
     conda:
@@ -65,14 +78,14 @@ rule measure_loss_by_position:
 rule ablate_heads:
     input:
         weights=f"{RESULTS}/models/{{model}}/model.safetensors",
-        tokens=get_eval_tokens,
+        tokens=INDUCTION.eval_tokens,
     output:
         f"{RESULTS}/induction/{{model}}/head_ablation.csv",
     params:
         device=get_device,
         model_dir=subpath(input.weights, parent=True),
-        half_len=get_half_len,
-        batch_size=induction_setting("batch_size", 64),
+        half_len=INDUCTION.half_len,
+        batch_size=INDUCTION.setting("batch_size"),
     conda:
         "../../environment.yml"
     log:
@@ -98,8 +111,8 @@ rule score_composition:
         f"{RESULTS}/induction/{{model}}/composition.csv",
     params:
         model_dir=subpath(input.weights, parent=True),
-        samples=induction_setting("composition_baseline_samples", 200),
-        seed=induction_setting("seed", 0),
+        samples=INDUCTION.setting("composition_baseline_samples"),
+        seed=INDUCTION.setting("seed"),
     group:
         "induction_{model}"
     conda:
@@ -140,17 +153,17 @@ rule track_phase_change:
     input:
         weights=f"{RESULTS}/models/{{model}}/model.safetensors",
         checkpoints=f"{RESULTS}/models/{{model}}/checkpoints",
-        eval_tokens=get_eval_tokens,
-        icl_tokens=get_icl_tokens,
+        eval_tokens=INDUCTION.eval_tokens,
+        icl_tokens=INDUCTION.icl_tokens,
     output:
         f"{RESULTS}/induction/{{model}}/phase_change.csv",
     params:
         device=get_device,
         model_dir=subpath(input.weights, parent=True),
-        half_len=get_half_len,
-        batch_size=induction_setting("batch_size", 64),
-        icl_early=induction_setting("icl_early", 5),
-        icl_late=induction_setting("icl_late", 60),
+        half_len=INDUCTION.half_len,
+        batch_size=INDUCTION.setting("batch_size"),
+        icl_early=INDUCTION.setting("icl_early"),
+        icl_late=INDUCTION.setting("icl_late"),
     conda:
         "../../environment.yml"
     log:
@@ -169,3 +182,156 @@ rule track_phase_change:
         " --icl-early {params.icl_early} --icl-late {params.icl_late}"
         " --batch-size {params.batch_size} --threads {threads} --device {params.device}"
         " --out {output:q} > {log:q} 2>&1"
+
+
+rule plot_head_scores:
+    input:
+        table=f"{RESULTS}/induction/{{model}}/head_scores.csv",
+    output:
+        png=report(
+            f"{RESULTS}/figures/induction/{{model}}/head_scores.png",
+            caption="../report/induction/head_scores.rst",
+            category="Induction heads",
+            subcategory="{model}",
+        ),
+        svg=f"{RESULTS}/figures/induction/{{model}}/head_scores.svg",
+    params:
+        figure="induction.head_scores",
+        tables=table_flags,
+        options=option_flags(threshold=INDUCTION.setting("detection_threshold")),
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/plot_head_scores/{model}.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        PLOT_OPTIONS_SHELL
+
+
+rule plot_loss_by_position:
+    input:
+        table=f"{RESULTS}/induction/{{model}}/loss_by_position.csv",
+    output:
+        png=report(
+            f"{RESULTS}/figures/induction/{{model}}/loss_by_position.png",
+            caption="../report/induction/loss_by_position.rst",
+            category="Induction heads",
+            subcategory="{model}",
+        ),
+        svg=f"{RESULTS}/figures/induction/{{model}}/loss_by_position.svg",
+    params:
+        figure="induction.loss_by_position",
+        tables=table_flags,
+        options=option_flags(d_vocab=INDUCTION.eval_vocab()),
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/plot_loss_by_position/{model}.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        PLOT_OPTIONS_SHELL
+
+
+rule plot_head_ablation:
+    input:
+        table=f"{RESULTS}/induction/{{model}}/head_ablation.csv",
+    output:
+        png=report(
+            f"{RESULTS}/figures/induction/{{model}}/head_ablation.png",
+            caption="../report/induction/head_ablation.rst",
+            category="Induction heads",
+            subcategory="{model}",
+        ),
+        svg=f"{RESULTS}/figures/induction/{{model}}/head_ablation.svg",
+    params:
+        figure="induction.head_ablation",
+        tables=table_flags,
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/plot_head_ablation/{model}.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        PLOT_SHELL
+
+
+rule plot_composition:
+    input:
+        table=f"{RESULTS}/induction/{{model}}/composition.csv",
+    output:
+        png=report(
+            f"{RESULTS}/figures/induction/{{model}}/composition.png",
+            caption="../report/induction/composition.rst",
+            category="Induction heads",
+            subcategory="{model}",
+        ),
+        svg=f"{RESULTS}/figures/induction/{{model}}/composition.svg",
+    params:
+        figure="induction.composition",
+        tables=table_flags,
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/plot_composition/{model}.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        PLOT_SHELL
+
+
+rule plot_copying:
+    input:
+        table=f"{RESULTS}/induction/{{model}}/copying.csv",
+    output:
+        png=report(
+            f"{RESULTS}/figures/induction/{{model}}/copying.png",
+            caption="../report/induction/copying.rst",
+            category="Induction heads",
+            subcategory="{model}",
+        ),
+        svg=f"{RESULTS}/figures/induction/{{model}}/copying.svg",
+    params:
+        figure="induction.copying",
+        tables=table_flags,
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/plot_copying/{model}.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        PLOT_SHELL
+
+
+rule plot_phase_change:
+    input:
+        table=f"{RESULTS}/induction/{{model}}/phase_change.csv",
+    output:
+        png=report(
+            f"{RESULTS}/figures/induction/{{model}}/phase_change.png",
+            caption="../report/induction/phase_change.rst",
+            category="Induction heads",
+            subcategory="{model}",
+        ),
+        svg=f"{RESULTS}/figures/induction/{{model}}/phase_change.svg",
+    params:
+        figure="induction.phase_change",
+        tables=table_flags,
+        options=option_flags(threshold=INDUCTION.setting("detection_threshold")),
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/plot_phase_change/{model}.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        PLOT_OPTIONS_SHELL

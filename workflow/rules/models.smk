@@ -1,17 +1,17 @@
 rule train_model:
     input:
-        tokens=get_training_dataset,
+        tokens=W.training_dataset,
     output:
         weights=f"{RESULTS}/models/{{model}}/model.safetensors",
         config=f"{RESULTS}/models/{{model}}/config.json",
         loss_log=f"{RESULTS}/models/{{model}}/train_log.csv",
         checkpoints=directory(f"{RESULTS}/models/{{model}}/checkpoints"),
     wildcard_constraints:
-        model=alternation(TRAINED_MODELS),
+        model=alternation(W.models_from("trained")),
     params:
         device=get_device,
-        architecture=get_architecture,
-        training=get_training,
+        architecture=W.architecture_json,
+        training=W.training_json,
         out_dir=subpath(output.weights, parent=True),
     conda:
         "../../environment.yml"
@@ -35,10 +35,10 @@ rule import_pretrained:
         weights=f"{RESULTS}/models/{{model}}/model.safetensors",
         config=f"{RESULTS}/models/{{model}}/config.json",
     wildcard_constraints:
-        model=alternation(PRETRAINED_MODELS),
+        model=alternation(W.models_from("pretrained")),
     params:
-        name=get_pretrained_name,
-        path_flag=get_pretrained_path_flag,
+        name=W.pretrained_name,
+        path_flag=W.pretrained_path_flag,
         out_dir=subpath(output.weights, parent=True),
     conda:
         "../../environment.yml"

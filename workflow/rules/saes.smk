@@ -3,6 +3,11 @@
 # and CE loss recovered; and one SAE on a toy model's hidden layer, scored against the known
 # features. The trainer reads any store; it does not know which model made it.
 
+from mechflow.experiments.saes.workflow import TOY_HOOK
+
+SAES = EXPERIMENT["saes"]  # mechflow.experiments.saes.workflow
+
+
 localrules:
     plot_sae_frontier,
     plot_latent_dashboard,
@@ -17,9 +22,9 @@ rule cache_toy_activations:
         directory(f"{RESULTS}/saes/{{toy}}/{TOY_HOOK}.zarr"),
     params:
         model_dir=subpath(input.weights, parent=True),
-        instance=sae_toy_setting("instance"),
-        n_samples=sae_toy_setting("n_samples"),
-        seed=sae_toy_setting("seed"),
+        instance=SAES.toy_setting("instance"),
+        n_samples=SAES.toy_setting("n_samples"),
+        seed=SAES.toy_setting("seed"),
     conda:
         "../../environment.yml"
     log:
@@ -35,13 +40,13 @@ rule cache_toy_activations:
 
 rule train_sae:
     input:
-        get_sae_store,
+        SAES.train_store,
     output:
         sae=directory(f"{RESULTS}/saes/{{source}}/{{hook}}/{{sae}}"),
         train_log=f"{RESULTS}/saes/{{source}}/{{hook}}/{{sae}}_train_log.csv",
     params:
         device=get_device,
-        config=get_sae_config,
+        config=SAES.sae_json,
     conda:
         "../../environment.yml"
     log:
@@ -62,15 +67,15 @@ rule train_sae:
 rule evaluate_sae:
     input:
         sae=f"{RESULTS}/saes/{{model}}/{{hook}}/{{sae}}",
-        store=get_sae_eval_store,
+        store=SAES.eval_store,
         weights=f"{RESULTS}/models/{{model}}/model.safetensors",
-        tokens=get_sae_eval_tokens,
+        tokens=SAES.eval_tokens,
     output:
         f"{RESULTS}/saes/{{model}}/{{hook}}/{{sae}}_metrics.csv",
     params:
         device=get_device,
         model_dir=subpath(input.weights, parent=True),
-        max_sequences=sae_lm_setting("eval_max_sequences"),
+        max_sequences=SAES.lm_setting("eval_max_sequences"),
     conda:
         "../../environment.yml"
     log:
@@ -92,7 +97,7 @@ rule evaluate_sae:
 rule summarize_sae_latents:
     input:
         sae=f"{RESULTS}/saes/{{model}}/{{hook}}/{{sae}}",
-        store=get_sae_eval_store,
+        store=SAES.eval_store,
         weights=f"{RESULTS}/models/{{model}}/model.safetensors",
     output:
         contexts=f"{RESULTS}/saes/{{model}}/{{hook}}/{{sae}}_latents/contexts.csv",
@@ -100,7 +105,8 @@ rule summarize_sae_latents:
         logits=f"{RESULTS}/saes/{{model}}/{{hook}}/{{sae}}_latents/logits.csv",
     params:
         model_dir=subpath(input.weights, parent=True),
-        n_latents=sae_lm_setting("n_dashboard_latents"),
+        device=get_device,
+        n_latents=SAES.lm_setting("n_dashboard_latents"),
     conda:
         "../../environment.yml"
     log:
@@ -114,7 +120,7 @@ rule summarize_sae_latents:
     shell:
         "python -m mechflow.steps.summarize_sae_latents --sae {input.sae:q} --store {input.store:q}"
         " --model-dir {params.model_dir:q} --n-latents {params.n_latents} --threads {threads}"
-        " --device cpu --contexts {output.contexts:q} --histograms {output.histograms:q}"
+        " --device {params.device} --contexts {output.contexts:q} --histograms {output.histograms:q}"
         " --logits {output.logits:q} > {log:q} 2>&1"
 
 
@@ -126,8 +132,8 @@ rule evaluate_toy_sae:
         f"{RESULTS}/saes/{{toy}}/{TOY_HOOK}/{{sae}}_recovery.csv",
     params:
         model_dir=subpath(input.weights, parent=True),
-        threshold=sae_toy_setting("recovery_threshold"),
-        represented=superposition_setting("represented_threshold"),
+        threshold=SAES.toy_setting("recovery_threshold"),
+        represented=EXPERIMENT["superposition"].setting("represented_threshold"),
     conda:
         "../../environment.yml"
     log:
@@ -145,15 +151,18 @@ rule evaluate_toy_sae:
 
 rule plot_sae_frontier:
     input:
-        get_sweep_metrics,
+        metrics=SAES.sweep_metrics,
     output:
         png=report(
             f"{RESULTS}/figures/saes/{{model}}/{{hook}}/frontier.png",
-            caption="../report/sae_frontier.rst",
+            caption="../report/saes/sae_frontier.rst",
             category="Sparse autoencoders",
             subcategory="{model} {hook}",
         ),
         svg=f"{RESULTS}/figures/saes/{{model}}/{{hook}}/frontier.svg",
+    params:
+        figure="saes.sae_frontier",
+        tables=table_flags,
     conda:
         "../../environment.yml"
     log:
@@ -162,8 +171,7 @@ rule plot_sae_frontier:
         mem_mb=1000,
         runtime=5,
     shell:
-        "python -m mechflow.steps.plot_sae_frontier --metrics {input:q} --out {output.png:q}"
-        " > {log:q} 2>&1"
+        PLOT_SHELL
 
 
 rule plot_latent_dashboard:
@@ -174,11 +182,14 @@ rule plot_latent_dashboard:
     output:
         png=report(
             f"{RESULTS}/figures/saes/{{model}}/{{hook}}/dashboard_{{sae}}.png",
-            caption="../report/latent_dashboard.rst",
+            caption="../report/saes/latent_dashboard.rst",
             category="Sparse autoencoders",
             subcategory="{model} {hook}",
         ),
         svg=f"{RESULTS}/figures/saes/{{model}}/{{hook}}/dashboard_{{sae}}.svg",
+    params:
+        figure="saes.latent_dashboard",
+        tables=table_flags,
     conda:
         "../../environment.yml"
     log:
@@ -187,22 +198,23 @@ rule plot_latent_dashboard:
         mem_mb=1000,
         runtime=5,
     shell:
-        "python -m mechflow.steps.plot_latent_dashboard --contexts {input.contexts:q}"
-        " --histograms {input.histograms:q} --logits {input.logits:q} --out {output.png:q}"
-        " > {log:q} 2>&1"
+        PLOT_SHELL
 
 
 rule plot_toy_recovery:
     input:
-        f"{RESULTS}/saes/{{toy}}/{TOY_HOOK}/{{sae}}_recovery.csv",
+        table=f"{RESULTS}/saes/{{toy}}/{TOY_HOOK}/{{sae}}_recovery.csv",
     output:
         png=report(
             f"{RESULTS}/figures/saes/{{toy}}/recovery_{{sae}}.png",
-            caption="../report/toy_recovery.rst",
+            caption="../report/saes/toy_recovery.rst",
             category="Sparse autoencoders",
             subcategory="{toy}",
         ),
         svg=f"{RESULTS}/figures/saes/{{toy}}/recovery_{{sae}}.svg",
+    params:
+        figure="saes.toy_recovery",
+        tables=table_flags,
     conda:
         "../../environment.yml"
     log:
@@ -211,5 +223,4 @@ rule plot_toy_recovery:
         mem_mb=1000,
         runtime=5,
     shell:
-        "python -m mechflow.steps.plot_toy_recovery --table {input:q} --out {output.png:q}"
-        " > {log:q} 2>&1"
+        PLOT_SHELL

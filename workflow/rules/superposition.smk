@@ -1,6 +1,9 @@
 # Toy Models of Superposition (Elhage et al. 2022): batches of toy ReLU-output models across
 # feature sparsity, their WᵀW geometry and feature dimensionality, and the n=2, m=1 phase map.
 
+SUPERPOSITION = EXPERIMENT["superposition"]  # mechflow.experiments.superposition.workflow
+
+
 localrules:
     plot_superposition,
     plot_dimensionality,
@@ -13,7 +16,7 @@ rule train_toy_model:
         config=f"{RESULTS}/superposition/models/{{toy}}/cfg.json",
         loss_log=f"{RESULTS}/superposition/models/{{toy}}/train_log.csv",
     params:
-        config=get_toy_model_config,
+        config=SUPERPOSITION.toy_model_json,
         out_dir=subpath(output.weights, parent=True),
     conda:
         "../../environment.yml"
@@ -40,7 +43,7 @@ rule analyze_superposition:
         instances=f"{RESULTS}/superposition/{{toy}}/instances.csv",
     params:
         model_dir=subpath(input.weights, parent=True),
-        threshold=superposition_setting("represented_threshold"),
+        threshold=SUPERPOSITION.setting("represented_threshold"),
     conda:
         "../../environment.yml"
     log:
@@ -58,7 +61,7 @@ rule map_superposition_phases:
     output:
         f"{RESULTS}/superposition/phase_map.csv",
     params:
-        config=get_phase_map_config,
+        config=SUPERPOSITION.phase_map_json,
     conda:
         "../../environment.yml"
     log:
@@ -81,11 +84,14 @@ rule plot_superposition:
     output:
         png=report(
             f"{RESULTS}/figures/superposition/{{toy}}/superposition.png",
-            caption="../report/superposition.rst",
+            caption="../report/superposition/superposition.rst",
             category="Superposition",
             subcategory="{toy}",
         ),
         svg=f"{RESULTS}/figures/superposition/{{toy}}/superposition.svg",
+    params:
+        figure="superposition.superposition",
+        tables=table_flags,
     conda:
         "../../environment.yml"
     log:
@@ -94,8 +100,7 @@ rule plot_superposition:
         mem_mb=1000,
         runtime=5,
     shell:
-        "python -m mechflow.steps.plot_superposition --wtw {input.wtw:q}"
-        " --features {input.features:q} --out {output.png:q} > {log:q} 2>&1"
+        PLOT_SHELL
 
 
 rule plot_dimensionality:
@@ -105,11 +110,14 @@ rule plot_dimensionality:
     output:
         png=report(
             f"{RESULTS}/figures/superposition/{{toy}}/dimensionality.png",
-            caption="../report/dimensionality.rst",
+            caption="../report/superposition/dimensionality.rst",
             category="Superposition",
             subcategory="{toy}",
         ),
         svg=f"{RESULTS}/figures/superposition/{{toy}}/dimensionality.svg",
+    params:
+        figure="superposition.dimensionality",
+        tables=table_flags,
     conda:
         "../../environment.yml"
     log:
@@ -118,21 +126,23 @@ rule plot_dimensionality:
         mem_mb=1000,
         runtime=5,
     shell:
-        "python -m mechflow.steps.plot_dimensionality --features {input.features:q}"
-        " --instances {input.instances:q} --out {output.png:q} > {log:q} 2>&1"
+        PLOT_SHELL
 
 
 rule plot_superposition_phases:
     input:
-        f"{RESULTS}/superposition/phase_map.csv",
+        table=f"{RESULTS}/superposition/phase_map.csv",
     output:
         png=report(
             f"{RESULTS}/figures/superposition/phase_map.png",
-            caption="../report/superposition_phases.rst",
+            caption="../report/superposition/superposition_phases.rst",
             category="Superposition",
             subcategory="phase map",
         ),
         svg=f"{RESULTS}/figures/superposition/phase_map.svg",
+    params:
+        figure="superposition.superposition_phases",
+        tables=table_flags,
     conda:
         "../../environment.yml"
     log:
@@ -141,5 +151,4 @@ rule plot_superposition_phases:
         mem_mb=1000,
         runtime=5,
     shell:
-        "python -m mechflow.steps.plot_superposition_phases --table {input:q}"
-        " --out {output.png:q} > {log:q} 2>&1"
+        PLOT_SHELL

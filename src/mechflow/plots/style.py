@@ -11,7 +11,8 @@ import argparse
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -190,3 +191,20 @@ def placeholder_figure(message: str, title: str) -> Figure:
         ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=11, transform=ax.transAxes)
         fig.suptitle(title)
     return fig
+
+
+@dataclass(frozen=True, kw_only=True)
+class FigureKind:
+    """How the generic figure step (``mechflow.steps.plot_figure``) calls one figure function.
+
+    Args:
+        draw: the figure function; it takes the tables positionally, in the order of ``tables``.
+        tables: table name (``--table NAME=PATH``) -> the keyword through which ``draw`` names
+            that table's file in its errors (None: it names none). A table given several files
+            is their concatenation.
+        options: option name -> its type, passed to ``draw`` as keywords (from ``--option``).
+    """
+
+    draw: Callable[..., Figure]
+    tables: Mapping[str, str | None]
+    options: Mapping[str, type] = field(default_factory=dict)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from mechflow.analysis.fourier import embedding_fourier_norms
-from mechflow.analysis.modular_inputs import read_run
 from mechflow.artifacts import write_table
+from mechflow.experiments.grokking.fourier import embedding_fourier_norms
+from mechflow.experiments.grokking.inputs import read_run
 from mechflow.runtime import add_runtime_flags, start
 
 log = logging.getLogger(__name__)

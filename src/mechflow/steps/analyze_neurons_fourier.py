@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mechflow.analysis.fourier import (
+from mechflow.artifacts import write_table
+from mechflow.experiments.grokking.fourier import (
     dominant_frequencies,
     key_frequencies,
     key_frequency_fraction,
     unit_frequencies,
 )
-from mechflow.analysis.modular_inputs import pair_maps, read_run
-from mechflow.artifacts import write_table
+from mechflow.experiments.grokking.inputs import pair_maps, read_run
 from mechflow.plots.style import read_figure_table
 from mechflow.runtime import add_runtime_flags, start
 

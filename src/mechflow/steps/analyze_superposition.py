@@ -18,14 +18,14 @@ from pathlib import Path
 import pandas as pd
 
 from mechflow.analysis.inputs import model_name
-from mechflow.analysis.superposition import (
+from mechflow.artifacts import write_table
+from mechflow.experiments.superposition.analysis import (
     REPRESENTED_NORM,
     feature_table,
     instance_table,
     wtw_table,
 )
-from mechflow.artifacts import write_table
-from mechflow.models.toy_superposition import load_toy_model
+from mechflow.experiments.superposition.toy_model import load_toy_model
 from mechflow.runtime import add_runtime_flags, start
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,11 @@ HOOK = "hook_hidden"
 
 
 def run(model_dir: Path, instance: int, n_samples: int, seed: int, out: Path) -> Path:
-    from mechflow.models.toy_superposition import WEIGHTS_FILE, generate_batch, load_toy_model
+    from mechflow.experiments.superposition.toy_model import (
+        WEIGHTS_FILE,
+        generate_batch,
+        load_toy_model,
+    )
     from mechflow.store.writer import write_array_store
 
     if n_samples < 1:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from mechflow.analysis.grokking_checks import grokking_checks
 from mechflow.artifacts import write_table
+from mechflow.experiments.grokking.checks import grokking_checks
 from mechflow.plots.style import check_columns, read_figure_table
 from mechflow.runtime import start
 

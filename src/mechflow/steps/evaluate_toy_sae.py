@@ -28,7 +28,7 @@ def run(
     threshold: float = 0.9,
     represented: float = 0.5,
 ) -> pd.DataFrame:
-    from mechflow.models.toy_superposition import load_toy_model
+    from mechflow.experiments.superposition.toy_model import load_toy_model
     from mechflow.saes.evaluate import feature_recovery
     from mechflow.saes.saelens_format import load_sae, sae_metadata
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from mechflow.analysis.superposition import PhaseMapConfig, map_phases
 from mechflow.artifacts import write_table
+from mechflow.experiments.superposition.analysis import PhaseMapConfig, map_phases
 from mechflow.runtime import add_runtime_flags, seed_everything, start
 
 log = logging.getLogger(__name__)

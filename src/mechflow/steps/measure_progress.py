@@ -18,11 +18,11 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from mechflow.analysis.grokking_phases import phase_boundaries, phase_table
-from mechflow.analysis.modular_inputs import read_run
-from mechflow.analysis.progress_measures import measure_checkpoint
 from mechflow.artifacts import write_table
-from mechflow.config_checks import MIN_PROGRESS_CHECKPOINTS
+from mechflow.experiments.grokking.inputs import read_run
+from mechflow.experiments.grokking.phases import phase_boundaries, phase_table
+from mechflow.experiments.grokking.progress_measures import measure_checkpoint
+from mechflow.experiments.grokking.workflow import MIN_PROGRESS_CHECKPOINTS
 from mechflow.models.checkpoints import iter_checkpoint_models
 from mechflow.plots.style import check_columns, read_figure_table
 from mechflow.runtime import add_runtime_flags, start

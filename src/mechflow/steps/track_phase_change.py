@@ -43,7 +43,7 @@ def run(
     device: str = "auto",
 ) -> pd.DataFrame:
     from mechflow.analysis.losses import resolve_position
-    from mechflow.analysis.phase_change import METRICS, checkpoint_metrics
+    from mechflow.experiments.induction.phase_change import METRICS, checkpoint_metrics
     from mechflow.models.checkpoints import iter_checkpoint_models, list_checkpoints
 
     cfg = read_model_config(model_dir)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mechflow.analysis.modular_inputs import CHECKPOINT_UNIT, SPLIT_FILE
 from mechflow.artifacts import atomic_path, git_revision, package_versions, write_table
-from mechflow.data.modular_addition import (
+from mechflow.experiments.grokking.inputs import CHECKPOINT_UNIT, SPLIT_FILE
+from mechflow.experiments.grokking.modular_addition import (
     all_pairs,
     check_task,
     task_architecture,

@@ -14,7 +14,11 @@ import time
 from pathlib import Path
 
 from mechflow.artifacts import git_revision, package_versions, write_table
-from mechflow.models.toy_superposition import ToyModelConfig, save_toy_model, train_toy_model
+from mechflow.experiments.superposition.toy_model import (
+    ToyModelConfig,
+    save_toy_model,
+    train_toy_model,
+)
 from mechflow.runtime import add_runtime_flags, seed_everything, start
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import math
 
 import pandas as pd
 
-from mechflow.analysis.grokking_phases import first_epoch
+from mechflow.experiments.grokking.phases import first_epoch
 
 # Defaults: "train accuracy reaches 100% well before test accuracy passes 99%" is read as
 # "at most half the epochs"; "a small set of key frequencies" as at most 8 of them.

@@ -10,7 +10,14 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from mechflow.plots.style import check_columns, check_numeric, figure_style, model_name, new_figure
+from mechflow.plots.style import (
+    FigureKind,
+    check_columns,
+    check_numeric,
+    figure_style,
+    model_name,
+    new_figure,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -204,3 +211,18 @@ def progress_measures_figure(
         norm_ax.set_title("(b) total weight norm", loc="left")
         fig.suptitle(f"{title or f'{model}: restricted and excluded loss'}\n{_phase_note(phases)}")
     return fig
+
+
+# The figures of this experiment, as the generic figure step draws them (plot_<name> rules).
+FIGURES = {
+    "grokking_curves": FigureKind(
+        draw=grokking_curves_figure, tables={"log": "source", "phases": None}
+    ),
+    "embedding_fourier": FigureKind(
+        draw=embedding_fourier_figure, tables={"table": "source", "key_frequencies": None}
+    ),
+    "activation_maps": FigureKind(draw=activation_maps_figure, tables={"table": "source"}),
+    "progress_measures": FigureKind(
+        draw=progress_measures_figure, tables={"table": "source", "phases": None}
+    ),
+}

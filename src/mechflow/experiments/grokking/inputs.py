@@ -11,7 +11,7 @@ import torch
 from jaxtyping import Float, Int
 
 from mechflow.artifacts import read_json
-from mechflow.data.modular_addition import all_pairs
+from mechflow.experiments.grokking.modular_addition import all_pairs
 from mechflow.models.checkpoints import list_checkpoints
 
 if TYPE_CHECKING:

@@ -23,6 +23,7 @@ from matplotlib.patches import Rectangle
 from mechflow.plots.style import (
     PANEL_HEIGHT,
     PANEL_WIDTH,
+    FigureKind,
     annotate_cells,
     check_columns,
     check_numeric,
@@ -219,6 +220,8 @@ def loss_by_position_figure(
     source: str = "loss_by_position table",
 ) -> Figure:
     """Per-position loss on ``[BOS] + r + r``; induction shows as the drop in the repeated half."""
+    if d_vocab is not None and d_vocab < 2:
+        raise ValueError(f"d_vocab must be >= 2, got {d_vocab}")
     model = _prepare(df, LOSS_BY_POSITION_COLUMNS, ("pos", "loss"), source)
     halves = df["half"].astype(str)
     unknown = sorted(set(halves) - set(HALF_COLORS))
@@ -474,3 +477,20 @@ def copying_figure(
             )
         fig.suptitle(title or f"{model}: copying (OV-circuit eigenvalues)")
     return fig
+
+
+# The figures of this experiment, as the generic figure step draws them (plot_<name> rules).
+FIGURES = {
+    "head_scores": FigureKind(
+        draw=head_scores_figure, tables={"table": "source"}, options={"threshold": float}
+    ),
+    "loss_by_position": FigureKind(
+        draw=loss_by_position_figure, tables={"table": "source"}, options={"d_vocab": int}
+    ),
+    "head_ablation": FigureKind(draw=head_ablation_figure, tables={"table": "source"}),
+    "composition": FigureKind(draw=composition_figure, tables={"table": "source"}),
+    "copying": FigureKind(draw=copying_figure, tables={"table": "source"}),
+    "phase_change": FigureKind(
+        draw=phase_change_figure, tables={"table": "source"}, options={"threshold": float}
+    ),
+}

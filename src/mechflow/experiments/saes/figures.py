@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from mechflow.plots.style import check_columns, check_numeric, figure_style, new_figure
+from mechflow.plots.style import FigureKind, check_columns, check_numeric, figure_style, new_figure
 
 logger = logging.getLogger(__name__)
 
@@ -296,3 +296,14 @@ def toy_recovery_figure(
         )
         fig.suptitle(f"{title or 'Toy feature recovery by the SAE'}\n{note}")
     return fig
+
+
+# The figures of this experiment, as the generic figure step draws them (plot_<name> rules).
+FIGURES = {
+    "sae_frontier": FigureKind(draw=sae_frontier_figure, tables={"metrics": "source"}),
+    "latent_dashboard": FigureKind(
+        draw=latent_dashboard_figure,
+        tables={"contexts": "source", "histograms": None, "logits": None},
+    ),
+    "toy_recovery": FigureKind(draw=toy_recovery_figure, tables={"table": "source"}),
+}

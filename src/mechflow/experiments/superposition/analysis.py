@@ -27,14 +27,14 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 
-from mechflow.models.config import strict_from_dict
-from mechflow.models.toy_superposition import (
+from mechflow.experiments.superposition.toy_model import (
     LR_SCHEDULES,
     ToyModel,
     generate_batch,
     importance_weighted_mse,
     train_instances,
 )
+from mechflow.models.config import strict_from_dict
 
 log = logging.getLogger(__name__)
 

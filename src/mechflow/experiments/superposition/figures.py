@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from mechflow.plots.style import (
+    FigureKind,
     check_columns,
     check_numeric,
     figure_style,
@@ -313,3 +314,16 @@ def phase_figure(
         )
         fig.suptitle(title or "n = 2, m = 1: superposition as a phase change")
     return fig
+
+
+# The figures of this experiment, as the generic figure step draws them (plot_<name> rules).
+FIGURES = {
+    "superposition": FigureKind(
+        draw=superposition_figure, tables={"wtw": "wtw_source", "features": "features_source"}
+    ),
+    "dimensionality": FigureKind(
+        draw=dimensionality_figure,
+        tables={"features": "features_source", "instances": "instances_source"},
+    ),
+    "superposition_phases": FigureKind(draw=phase_figure, tables={"table": "source"}),
+}

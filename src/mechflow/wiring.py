@@ -1,0 +1,298 @@
+"""The workflow's shared wiring: result paths, the shared stages' params, checks, the registry.
+
+``workflow/rules/common.smk`` builds one :class:`Workflow` from the schema-validated config; the
+shared rule files (datasets, models, activations) call its methods, and each experiment's rule
+file calls its own ``Wiring`` (``mechflow.experiments.<name>.workflow``). Torch-free, and tested
+without Snakemake.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+from mechflow.experiments import EXPERIMENTS, load_experiments
+from mechflow.experiments.base import Experiment
+from mechflow.models.config import Architecture, TrainingConfig, hook_names
+
+RESULTS = "results"
+
+
+class ConfigError(ValueError):
+    """A config that passed the schema but is inconsistent; the message lists every problem."""
+
+
+def validate_config(config: dict[str, Any], schemas: str | Path) -> None:
+    """JSON-Schema validation, filling defaults: the shared schema, then each experiment's own
+    (``<schemas>/<experiment>.schema.yaml``) on its section. Unknown experiments are left to
+    :meth:`Workflow.check`, which names the registered ones."""
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    schemas = Path(schemas)
+    validate(config, schema=str(schemas / "config.schema.yaml"))
+    for name, section in (config.get("experiments") or {}).items():
+        if name in EXPERIMENTS:
+            try:
+                validate(section, schema=str(schemas / f"{name}.schema.yaml"))
+            except WorkflowError as err:  # its paths start inside the section: name the section
+                cause = err.args[1:] or (err,)
+                raise WorkflowError(
+                    f"Error validating config section experiments.{name}.", *cause
+                ) from err
+
+
+def dataset_path(name: str) -> str:
+    return f"{RESULTS}/datasets/{name}.npy"
+
+
+def model_dir(name: str) -> str:
+    return f"{RESULTS}/models/{name}"
+
+
+def activation_store(model: str, dataset: str) -> str:
+    return f"{RESULTS}/activations/{model}/{dataset}.zarr"
+
+
+def as_json(value: Any) -> str:
+    """A params value handed to a step as one JSON flag (sorted keys: a stable rerun trigger)."""
+    return json.dumps(value, sort_keys=True)
+
+
+def architecture_of(spec: dict[str, Any]) -> Architecture | None:
+    """The architecture of a trained model entry (None for pretrained: known only after loading)."""
+    if spec.get("source") != "trained":
+        return None
+    return Architecture.from_dict(spec["architecture"])
+
+
+def checkpoint_steps(training: dict[str, Any], length_key: str = "steps") -> list[int]:
+    steps = training[length_key]
+    every = training.get("checkpoint_every")
+    points = set(training.get("checkpoints", []))
+    if every:
+        points.update(range(0, steps + 1, every))
+        points.add(steps)
+    return sorted(points)
+
+
+def training_config(training: dict[str, Any]) -> dict[str, Any]:
+    """The TrainingConfig fields of a config entry (dataset and checkpoint_every resolved away)."""
+    fields = {k: v for k, v in training.items() if k not in ("dataset", "checkpoint_every")}
+    fields["checkpoints"] = checkpoint_steps(training)
+    return fields
+
+
+def expand_hooks(patterns: list[str], available: list[str]) -> list[str]:
+    """Expand shell-style patterns (``blocks.*.attn.hook_pattern``) against a model's hook names."""
+    out: list[str] = []
+    for pattern in patterns:
+        matched = fnmatch.filter(available, pattern)
+        if not matched:
+            raise ValueError(f"hook {pattern!r} matches no hook of the model")
+        out += [name for name in matched if name not in out]
+    return out
+
+
+def sequence_length(dataset: dict[str, Any]) -> int:
+    if dataset["kind"] == "repeated_random":
+        return 1 + 2 * dataset["half_len"]
+    return dataset["seq_len"]
+
+
+def alternation(names: list[str]) -> str:
+    """A regex matching exactly these names (or nothing when there are none)."""
+    import re
+
+    return "|".join(re.escape(n) for n in names) if names else "(?!)"
+
+
+def table_flags(wildcards, input) -> str:
+    """Params of a plot rule: ``--table NAME=PATH`` per named input (a list repeats its name)."""
+    return " ".join(
+        f"--table {name}={shlex.quote(str(path))}"
+        for name, paths in input.items()
+        for path in ([paths] if isinstance(paths, str) else paths)
+    )
+
+
+def option_flags(**options: Any) -> str:
+    """Params of a plot rule: ``--option NAME=VALUE`` per figure setting (None: the experiment is
+    not configured, so the rule has no job)."""
+    return " ".join(f"--option {k}={v}" for k, v in options.items() if v is not None)
+
+
+class Workflow:
+    """The config's shared stages and its registered experiments, for the rule files."""
+
+    def __init__(self, config: dict[str, Any], experiments=EXPERIMENTS):
+        self.config = config
+        self.datasets: dict[str, Any] = config.get("datasets", {})
+        self.models: dict[str, Any] = config.get("models", {})
+        self.activations: dict[str, Any] = config.get("activations", {})
+        self.experiments: dict[str, Experiment] = load_experiments(config, experiments)
+
+    # --- names ----------------------------------------------------------------------------
+    def models_from(self, source: str) -> list[str]:
+        return [m for m, spec in self.models.items() if spec["source"] == source]
+
+    def architecture(self, model: str) -> Architecture | None:
+        return architecture_of(self.models[model])
+
+    def n_layers(self, model: str) -> int | None:
+        """Layers of a model when known before it exists (trained models); None for pretrained."""
+        arch = self.architecture(model)
+        return arch.n_layers if arch else None
+
+    def wildcard_constraints(self) -> dict[str, str]:
+        values = {"dataset": list(self.datasets), "model": list(self.models)}
+        for experiment in self.experiments.values():
+            for name, allowed in experiment.wildcards().items():
+                values[name] = values.get(name, []) + [
+                    v for v in allowed if v not in values.get(name, [])
+                ]
+        return {name: alternation(allowed) for name, allowed in values.items()}
+
+    def targets(self) -> list[str]:
+        return [t for e in self.experiments.values() if e.enabled for t in e.targets()]
+
+    # --- checks ---------------------------------------------------------------------------
+    def check(self) -> None:
+        """Raise ConfigError listing every inconsistency (unknown names, sizes that do not fit)."""
+        problems: list[str] = []
+        for name in self.config.get("experiments") or {}:
+            if name not in self.experiments:
+                problems.append(
+                    f"experiments.{name}: unknown experiment (registered: {sorted(self.experiments)})"
+                )
+        self._check_datasets(problems)
+        self._check_models(problems)
+        self._check_extra_hooks(problems)
+        for experiment in self.experiments.values():
+            if experiment.enabled:
+                experiment.check(problems)
+        if problems:
+            raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+    def _check_datasets(self, problems: list[str]) -> None:
+        for name, dataset in self.datasets.items():
+            if dataset["kind"] == "repeated_spans":
+                lo, hi = dataset["span_len"]
+                if lo > hi:
+                    problems.append(f"datasets.{name}.span_len: min {lo} > max {hi}")
+                elif 2 * hi + 1 > dataset["seq_len"]:
+                    problems.append(
+                        f"datasets.{name}.span_len: max {hi} too long for seq_len "
+                        f"{dataset['seq_len']} (need 2*max+1 <= seq_len)"
+                    )
+
+    def _check_models(self, problems: list[str]) -> None:
+        for name, spec in self.models.items():
+            try:
+                arch = architecture_of(spec)
+            except ValueError as err:
+                problems.append(f"models.{name}.{err}")
+                continue
+            if arch is None:
+                continue
+            training = spec["training"]
+            if training["dataset"] not in self.datasets:
+                problems.append(
+                    f"models.{name}.training.dataset: unknown dataset {training['dataset']!r}"
+                )
+            try:
+                TrainingConfig.from_dict(training_config(training))
+            except ValueError as err:
+                problems.append(f"models.{name}.{err}")
+            check_fits(
+                self.config, f"models.{name}.training.dataset", training["dataset"], name, problems
+            )
+
+    def _check_extra_hooks(self, problems: list[str]) -> None:
+        for name, hooks in self.activations.get("extra_hooks", {}).items():
+            if name not in self.models:
+                problems.append(f"activations.extra_hooks: unknown model {name!r}")
+                continue
+            try:
+                arch = architecture_of(self.models[name])
+            except ValueError:
+                continue  # reported with the model
+            if arch is None:
+                continue
+            for hook in hooks:
+                try:
+                    expand_hooks([hook], hook_names(arch))
+                except ValueError:
+                    problems.append(
+                        f"activations.extra_hooks.{name}: unknown hook name {hook!r} for this "
+                        f"architecture (e.g. {hook_names(arch)[2]!r})"
+                    )
+
+    # --- datasets -------------------------------------------------------------------------
+    def dataset_kind(self, wildcards) -> str:
+        return self.datasets[wildcards.dataset]["kind"]
+
+    def dataset_spec(self, wildcards) -> str:
+        return as_json({k: v for k, v in self.datasets[wildcards.dataset].items() if k != "kind"})
+
+    # --- models ---------------------------------------------------------------------------
+    def training_dataset(self, wildcards) -> str:
+        return dataset_path(self.models[wildcards.model]["training"]["dataset"])
+
+    def architecture_json(self, wildcards) -> str:
+        return as_json(self.architecture(wildcards.model).to_dict())
+
+    def training_json(self, wildcards) -> str:
+        return as_json(training_config(self.models[wildcards.model]["training"]))
+
+    def pretrained_name(self, wildcards) -> str:
+        return self.models[wildcards.model]["name"]
+
+    def pretrained_path_flag(self, wildcards) -> str:
+        path = self.models[wildcards.model]["path"]
+        return f"--path {shlex.quote(path)}" if path else ""
+
+    # --- activations ----------------------------------------------------------------------
+    def cache_hooks(self, model: str, dataset: str) -> list[str]:
+        """Hooks to cache: those the experiments read, plus the configured extras for the model."""
+        patterns: list[str] = []
+        for experiment in self.experiments.values():
+            if experiment.enabled:
+                for m, d, wanted in experiment.caches():
+                    if (m, d) == (model, dataset):
+                        patterns += wanted
+        patterns += self.activations.get("extra_hooks", {}).get(model, [])
+        arch = self.architecture(model)
+        return expand_hooks(patterns, hook_names(arch)) if arch else list(dict.fromkeys(patterns))
+
+    def cache_hook_flags(self, wildcards) -> str:
+        return " ".join(f"--hook {h}" for h in self.cache_hooks(wildcards.model, wildcards.dataset))
+
+
+def check_fits(
+    config: dict[str, Any], where: str, dataset_name: str, model_name: str, problems: list[str]
+) -> None:
+    """A dataset's sequences and tokens must fit the model that reads them."""
+    spec = config.get("models", {}).get(model_name)
+    dataset = config.get("datasets", {}).get(dataset_name)
+    if spec is None or dataset is None:
+        return
+    try:
+        arch = architecture_of(spec)
+    except ValueError:
+        return  # reported with the model
+    if arch is None:
+        return
+    if sequence_length(dataset) > arch.n_ctx:
+        problems.append(
+            f"{where}: dataset {dataset_name!r} has sequences of length "
+            f"{sequence_length(dataset)} > models.{model_name}.architecture.n_ctx={arch.n_ctx}"
+        )
+    if dataset["d_vocab"] > arch.d_vocab:
+        problems.append(
+            f"{where}: dataset {dataset_name!r} uses d_vocab={dataset['d_vocab']} > "
+            f"models.{model_name}.architecture.d_vocab={arch.d_vocab}"
+        )
