@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from mechflow.analysis.modular_inputs import CHECKPOINT_UNIT, SPLIT_FILE
 from mechflow.artifacts import read_json
-from mechflow.data.modular_addition import task_architecture, train_test_split
+from mechflow.experiments.grokking.inputs import CHECKPOINT_UNIT, SPLIT_FILE
+from mechflow.experiments.grokking.modular_addition import task_architecture, train_test_split
 from mechflow.models.build import build_model, save_model
 from mechflow.models.checkpoints import checkpoint_name
 from mechflow.steps import (
@@ -21,10 +21,7 @@ from mechflow.steps import (
     analyze_neurons_fourier,
     check_grokking,
     measure_progress,
-    plot_activation_maps,
-    plot_embedding_fourier,
-    plot_grokking_curves,
-    plot_progress_measures,
+    plot_figure,
     train_grokking_model,
 )
 
@@ -144,9 +141,13 @@ def test_fourier_analyses_find_the_planted_key_frequencies(tmp_path):
     assert set(maps.kind) == {"head", "neuron"}
     assert len(maps) == (1 + 2) * P * P  # every head + one neuron per key frequency
     plot = tmp_path / "maps.png"
-    plot_activation_maps.main(["--table", str(out / "activation_maps.csv"), "--out", str(plot)])
-    plot_embedding_fourier.main(
-        ["--table", str(emb), "--key-frequencies", str(out / "key_frequencies.csv"),
+    plot_figure.main(
+        ["--figure", "grokking.activation_maps", "--table", f"table={out / 'activation_maps.csv'}",
+         "--out", str(plot)]
+    )  # fmt: skip
+    plot_figure.main(
+        ["--figure", "grokking.embedding_fourier", "--table", f"table={emb}",
+         "--table", f"key_frequencies={out / 'key_frequencies.csv'}",
          "--out", str(tmp_path / "emb.png")]
     )  # fmt: skip
     assert plot.stat().st_size > 0 and (tmp_path / "emb.svg").stat().st_size > 0
@@ -181,13 +182,14 @@ def test_progress_measures_and_checks_on_the_tiny_run(tiny_run, tmp_path):
         check_grokking.main([*args, "--enforce"])
     assert err.value.code == 1
     assert checks.exists()  # the evidence is kept
-    plot_grokking_curves.main(
-        ["--log", str(tiny_run / "train_log.csv"), "--phases", str(phases),
-         "--out", str(tmp_path / "curves.png")]
+    plot_figure.main(
+        ["--figure", "grokking.grokking_curves", "--table", f"log={tiny_run / 'train_log.csv'}",
+         "--table", f"phases={phases}", "--out", str(tmp_path / "curves.png")]
     )  # fmt: skip
-    plot_progress_measures.main(
-        ["--table", str(progress), "--phases", str(phases), "--out", str(tmp_path / "pm.png")]
-    )
+    plot_figure.main(
+        ["--figure", "grokking.progress_measures", "--table", f"table={progress}",
+         "--table", f"phases={phases}", "--out", str(tmp_path / "pm.png")]
+    )  # fmt: skip
     assert (tmp_path / "curves.svg").exists() and (tmp_path / "pm.svg").exists()
 
 

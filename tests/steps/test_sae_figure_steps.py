@@ -1,5 +1,5 @@
-"""summarize_sae_latents and the SAE figure steps: CLI -> tidy tables -> PNG + SVG; refusals name
-the flag and write nothing."""
+"""summarize_sae_latents and the SAE figures (plot_figure --figure saes.*): CLI -> tidy tables ->
+PNG + SVG; refusals name the flag and write nothing."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ import pandas as pd
 import pytest
 
 from mechflow.artifacts import write_table
-from mechflow.steps.plot_latent_dashboard import main as dashboard_main
-from mechflow.steps.plot_sae_frontier import main as frontier_main
-from mechflow.steps.plot_toy_recovery import main as recovery_main
+from mechflow.steps.plot_figure import main as figure_main
 from mechflow.steps.summarize_sae_latents import main as summarize_main
 
 HOOK = "blocks.0.hook_resid_post"
@@ -25,7 +23,8 @@ def cache(root, model, tokens, hook, name):
     out = root / name
     cache_main(
         ["--model-dir", str(model), "--tokens", str(tokens), "--hook", hook, "--out", str(out),
-         "--batch-size", "8", "--chunk-size", "8", "--threads", "1", "--device", "cpu"]
+         "--batch-size", "8", "--chunk-size", "8", "--threads", "1", "--device", "cpu",
+         "--dtype", "float32", "--compression", "none"]
     )  # fmt: skip
     return out
 
@@ -113,9 +112,12 @@ def test_summarize_then_plot_dashboard(lab, tmp_path):
         assert pos.is_monotonic_decreasing, latent
 
     png = tmp_path / "figs" / "dashboard.png"
-    dashboard_main(
-        ["--contexts", str(out / "contexts.csv"), "--histograms", str(out / "histograms.csv"),
-         "--logits", str(out / "logits.csv"), "--out", str(png), "--title", "tiny SAE"]
+    figure_main(
+        ["--figure", "saes.latent_dashboard",
+         "--table", f"contexts={out / 'contexts.csv'}",
+         "--table", f"histograms={out / 'histograms.csv'}",
+         "--table", f"logits={out / 'logits.csv'}",
+         "--out", str(png), "--title", "tiny SAE"]
     )  # fmt: skip
     assert_figure(png)
 
@@ -171,7 +173,7 @@ def metrics_table(arch: str, hook: str, points: list[tuple[float, float, float]]
 
 
 def test_frontier_figure_from_two_metrics_tables(tmp_path):
-    from mechflow.plots.saes import sae_frontier_figure
+    from mechflow.experiments.saes.figures import sae_frontier_figure
 
     relu = metrics_table("relu", HOOK, [(20.0, 0.95, 0.05), (3.0, 0.6, 0.4), (8.0, 0.8, 0.2)])
     topk = metrics_table("topk", HOOK, [(4.0, 0.75, 0.3), (16.0, 0.97, 0.04)])
@@ -179,7 +181,10 @@ def test_frontier_figure_from_two_metrics_tables(tmp_path):
     write_table(relu, paths[0])
     write_table(topk, paths[1])
     png = tmp_path / "frontier.png"
-    frontier_main(["--metrics", *map(str, paths), "--out", str(png)])
+    figure_main(
+        ["--figure", "saes.sae_frontier", "--table", f"metrics={paths[0]}",
+         "--table", f"metrics={paths[1]}", "--out", str(png)]
+    )  # fmt: skip
     assert_figure(png)
 
     fig = sae_frontier_figure(pd.concat([relu, topk]))
@@ -191,24 +196,35 @@ def test_frontier_figure_from_two_metrics_tables(tmp_path):
     np.testing.assert_array_equal(lines["relu"].get_ydata(), [0.6, 0.8, 0.95])
     fvu = {line.get_label(): line for line in fvu_ax.lines}
     np.testing.assert_array_equal(fvu["topk"].get_ydata(), [0.3, 0.04])
+    # the step drew this very figure from the two files
+    from mechflow.plots.style import save_figure
+
+    expected = tmp_path / "expected" / "frontier.png"
+    expected.parent.mkdir()
+    save_figure(fig, expected)
+    assert expected.read_bytes() == png.read_bytes()
+    assert expected.with_suffix(".svg").read_bytes() == png.with_suffix(".svg").read_bytes()
 
 
 def test_frontier_refuses_bad_tables(tmp_path):
     table = metrics_table("relu", HOOK, [(20.0, 0.95, 0.05)])
     write_table(table.drop(columns="architecture"), tmp_path / "bad.csv")
     with pytest.raises(ValueError, match=r"bad\.csv.*'architecture'"):
-        frontier_main(["--metrics", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "f.png")])
+        figure_main(
+            ["--figure", "saes.sae_frontier", "--table", f"metrics={tmp_path / 'bad.csv'}",
+             "--out", str(tmp_path / "f.png")]
+        )  # fmt: skip
     write_table(table, tmp_path / "a.csv")
     with pytest.raises(ValueError, match="more than one row"):
-        frontier_main(
-            ["--metrics", str(tmp_path / "a.csv"), str(tmp_path / "a.csv"),
-             "--out", str(tmp_path / "f.png")]
+        figure_main(
+            ["--figure", "saes.sae_frontier", "--table", f"metrics={tmp_path / 'a.csv'}",
+             "--table", f"metrics={tmp_path / 'a.csv'}", "--out", str(tmp_path / "f.png")]
         )  # fmt: skip
     assert not (tmp_path / "f.png").exists()
 
 
 def test_toy_recovery_figure(tmp_path):
-    from mechflow.plots.saes import toy_recovery_figure
+    from mechflow.experiments.saes.figures import toy_recovery_figure
 
     table = pd.DataFrame(
         {
@@ -222,7 +238,10 @@ def test_toy_recovery_figure(tmp_path):
     )
     write_table(table, tmp_path / "recovery.csv")
     png = tmp_path / "recovery.png"
-    recovery_main(["--table", str(tmp_path / "recovery.csv"), "--out", str(png)])
+    figure_main(
+        ["--figure", "saes.toy_recovery", "--table", f"table={tmp_path / 'recovery.csv'}",
+         "--out", str(png)]
+    )  # fmt: skip
     assert_figure(png)
     fig = toy_recovery_figure(pd.read_csv(tmp_path / "recovery.csv"))
     assert "3/4 represented features recovered (75%" in fig.get_suptitle()

@@ -7,21 +7,19 @@ import json
 import pandas as pd
 import pytest
 
-from mechflow.analysis.superposition import (
+from mechflow.artifacts import read_json, write_table
+from mechflow.experiments.superposition.analysis import (
     FEATURE_COLUMNS,
     INSTANCE_COLUMNS,
     PHASE_COLUMNS,
     PHASES,
     WTW_COLUMNS,
 )
-from mechflow.artifacts import read_json, write_table
-from mechflow.models.toy_superposition import LOG_COLUMNS, load_toy_model
+from mechflow.experiments.superposition.toy_model import LOG_COLUMNS, load_toy_model
 from mechflow.steps import (
     analyze_superposition,
     map_superposition_phases,
-    plot_dimensionality,
-    plot_superposition,
-    plot_superposition_phases,
+    plot_figure,
     train_toy_model,
 )
 
@@ -41,6 +39,14 @@ PHASE_MAP = {"n_densities": 2, "n_importances": 2, "restarts": 2, "steps": 100}
 
 def no_temp_files(directory):
     return not [p for p in directory.rglob(".*") if p.is_file()]
+
+
+def plot(figure, out, **tables):
+    """``plot_figure --figure superposition.<figure> --table NAME=PATH ... --out OUT``."""
+    argv = ["--figure", f"superposition.{figure}", "--out", str(out)]
+    for name, path in tables.items():
+        argv += ["--table", f"{name}={path}"]
+    plot_figure.main(argv)
 
 
 def assert_figure_pair(out):
@@ -117,18 +123,20 @@ def test_analyze_superposition_missing_model(tmp_path):
 def test_plot_superposition_and_dimensionality(toy_run, tmp_path):
     _, tables = toy_run
     out = tmp_path / "figures" / "superposition.png"
-    args = ["--wtw", str(tables["wtw"]), "--features", str(tables["features"])]
-    plot_superposition.main([*args, "--out", str(out)])
+    args = {"wtw": tables["wtw"], "features": tables["features"]}
+    plot("superposition", out, **args)
     assert_figure_pair(out)
     first = out.read_bytes()
-    plot_superposition.main([*args, "--out", str(out)])
+    plot("superposition", out, **args)
     assert out.read_bytes() == first  # reruns are byte-identical
-    plot_superposition.main([*args, "--out", str(out), "--title", "custom"])
+    plot_figure.main(
+        ["--figure", "superposition.superposition", "--table", f"wtw={tables['wtw']}",
+         "--table", f"features={tables['features']}", "--out", str(out), "--title", "custom"]
+    )  # fmt: skip
     assert out.read_bytes() != first
 
     out = tmp_path / "figures" / "dimensionality.png"
-    args = ["--features", str(tables["features"]), "--instances", str(tables["instances"])]
-    plot_dimensionality.main([*args, "--out", str(out)])
+    plot("dimensionality", out, features=tables["features"], instances=tables["instances"])
     assert_figure_pair(out)
 
 
@@ -141,7 +149,7 @@ def test_plot_superposition_missing_column_names_file_and_column(toy_run, tmp_pa
     paths = {**tables, table: broken}
     out = tmp_path / "fig.png"
     with pytest.raises(ValueError, match=rf"broken\.csv.*'{column}'"):
-        plot_superposition.run(paths["wtw"], paths["features"], out)
+        plot("superposition", out, wtw=paths["wtw"], features=paths["features"])
     assert not out.exists() and not out.with_suffix(".svg").exists()
 
 
@@ -150,13 +158,18 @@ def test_plot_dimensionality_refuses_tables_of_two_models(toy_run, tmp_path):
     other = tmp_path / "instances.csv"
     write_table(pd.read_csv(tables["instances"]).assign(model="other"), other)
     with pytest.raises(ValueError, match="other"):
-        plot_dimensionality.run(tables["features"], other, tmp_path / "fig.png")
+        plot("dimensionality", tmp_path / "fig.png", features=tables["features"], instances=other)
 
 
 def test_plot_out_must_be_png(toy_run, tmp_path):
     _, tables = toy_run
     with pytest.raises(ValueError, match=r"\.png"):
-        plot_dimensionality.run(tables["features"], tables["instances"], tmp_path / "f.svg")
+        plot(
+            "dimensionality",
+            tmp_path / "f.svg",
+            features=tables["features"],
+            instances=tables["instances"],
+        )
 
 
 def test_map_and_plot_phases(tmp_path):
@@ -166,12 +179,12 @@ def test_map_and_plot_phases(tmp_path):
     assert list(df.columns) == PHASE_COLUMNS and len(df) == 4
     assert set(df["phase"]) <= {*PHASES, "unclassified"}
     out = tmp_path / "phases.png"
-    plot_superposition_phases.main(["--table", str(table), "--out", str(out)])
+    plot("superposition_phases", out, table=table)
     assert_figure_pair(out)
 
     write_table(df.assign(phase="melted"), table)
     with pytest.raises(ValueError, match=r"phases\.csv.*melted"):
-        plot_superposition_phases.main(["--table", str(table), "--out", str(out)])
+        plot("superposition_phases", out, table=table)
 
 
 def test_map_phases_refuses_unknown_keys(tmp_path):
