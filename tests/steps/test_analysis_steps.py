@@ -67,7 +67,7 @@ def test_score_heads_refuses_a_store_of_other_tokens(
     store = _cache_store(tiny_model_dir, other, tmp_path / "acts.zarr")
     out = tmp_path / "head_scores.csv"
     with pytest.raises(ProvenanceMismatchError, match="dataset_sha256"):
-        score_heads.run(store, tiny_model_dir, repeated_tokens_path, half_len, out)
+        score_heads.run(store, tiny_model_dir, repeated_tokens_path, half_len, out, batch_size=64)
     assert not out.exists()
 
 
@@ -95,9 +95,11 @@ def test_measure_loss_rejects_sequences_that_are_not_repeats(tiny_model_dir, tmp
     save_tokens(np.random.default_rng(0).integers(1, 20, size=(4, 17)), tokens)
     out = tmp_path / "loss.csv"
     with pytest.raises(ValueError, match="--tokens"):
-        measure_loss_by_position.run(tiny_model_dir, tokens, 8, out, device="cpu")
+        measure_loss_by_position.run(tiny_model_dir, tokens, 8, out, batch_size=64, device="cpu")
     with pytest.raises(FileNotFoundError, match="missing.npy"):
-        measure_loss_by_position.run(tiny_model_dir, tmp_path / "missing.npy", 8, out)
+        measure_loss_by_position.run(
+            tiny_model_dir, tmp_path / "missing.npy", 8, out, batch_size=64
+        )
     assert not out.exists()
 
 
@@ -183,7 +185,7 @@ def test_track_phase_change(tiny_model, tiny_model_dir, repeated_tokens_path, ha
         "--eval-tokens", str(repeated_tokens_path), "--icl-tokens", str(icl),
         "--half-len", str(half_len), "--batch-size", "5", "--device", "cpu",
     ]  # fmt: skip
-    track_phase_change.main([*base, "--out", str(out)])
+    track_phase_change.main([*base, "--icl-early", "5", "--icl-late", "-1", "--out", str(out)])
     df = read_table(out)
     assert list(df.columns) == ["model", "step", "metric", "value"]
     assert df.step.unique().tolist() == [0, 250]
@@ -199,5 +201,6 @@ def test_track_phase_change(tiny_model, tiny_model_dir, repeated_tokens_path, ha
         track_phase_change.main([*base, "--icl-early", "10", "--icl-late", "4", "--out", str(out)])
     with pytest.raises(FileNotFoundError, match="nowhere"):
         track_phase_change.run(
-            tiny_model_dir, tmp_path / "nowhere", repeated_tokens_path, icl, half_len, out
-        )
+            tiny_model_dir, tmp_path / "nowhere", repeated_tokens_path, icl, half_len, out,
+            batch_size=64, icl_early=5, icl_late=-1,
+        )  # fmt: skip

@@ -47,6 +47,7 @@ def train_args(out_dir, modulus=P, fraction=0.5, epochs=150, checkpoints=None):
     return [
         "--modulus", str(modulus),
         "--train-fraction", str(fraction),
+        "--data-seed", "0",
         "--architecture", json.dumps(ARCH),
         "--training", json.dumps(training),
         "--device", "cpu",
@@ -131,8 +132,9 @@ def test_fourier_analyses_find_the_planted_key_frequencies(tmp_path):
     assert shares[[3, 7]].sum() == pytest.approx(1.0, abs=1e-6)
     out = tmp_path / "tables"
     analyze_neurons_fourier.main(
-        ["--model-dir", str(model_dir), "--embedding", str(emb), "--out-dir", str(out)]
-    )
+        ["--model-dir", str(model_dir), "--embedding", str(emb), "--min-neuron-share", "0.05",
+         "--min-fraction", "0.5", "--out-dir", str(out)]
+    )  # fmt: skip
     keys = pd.read_csv(out / "key_frequencies.csv")
     assert keys.frequency.tolist() == [3, 7]
     assert keys.n_neurons.tolist() == [6, 6]
@@ -158,7 +160,7 @@ def test_progress_measures_and_checks_on_the_tiny_run(tiny_run, tmp_path):
     pd.DataFrame({"frequency": [1, 2], "embedding_share": [0.1, 0.1]}).to_csv(keys, index=False)
     progress, phases = tmp_path / "progress.csv", tmp_path / "phases.csv"
     measure_progress.main(
-        ["--model-dir", str(tiny_run), "--key-frequencies", str(keys),
+        ["--model-dir", str(tiny_run), "--key-frequencies", str(keys), "--first-epoch", "0",
          "--out", str(progress), "--phases", str(phases)]
     )  # fmt: skip
     wide = pd.read_csv(progress).pivot(index="epoch", columns="metric", values="value")

@@ -69,10 +69,11 @@ def lab(tmp_path_factory):
     }
 
 
-def summarize_argv(lab, out, *, sae=None, store=None, model=None, extra=()):
+def summarize_argv(lab, out, *, sae=None, store=None, model=None, n_latents=4, extra=()):
     return [
         "--sae", str(sae or lab["sae"]), "--store", str(store or lab["store"]),
-        "--model-dir", str(model or lab["model"]), "--threads", "1", "--device", "cpu",
+        "--model-dir", str(model or lab["model"]), "--n-latents", str(n_latents),
+        "--threads", "1", "--device", "cpu",
         "--contexts", str(out / "contexts.csv"), "--histograms", str(out / "histograms.csv"),
         "--logits", str(out / "logits.csv"), *extra,
     ]  # fmt: skip
@@ -88,8 +89,8 @@ def test_summarize_then_plot_dashboard(lab, tmp_path):
     out = tmp_path / "latents"
     summarize_main(
         summarize_argv(
-            lab, out, extra=["--n-latents", "3", "--top-k", "4", "--context", "3", "--bins", "10",
-                             "--n-logits", "5", "--batch-size", "4"]
+            lab, out, n_latents=3, extra=["--top-k", "4", "--context", "3", "--bins", "10",
+                                          "--n-logits", "5", "--batch-size", "4"]
         )
     )  # fmt: skip
     contexts = pd.read_csv(out / "contexts.csv")

@@ -64,7 +64,7 @@ def toy_run(tmp_path_factory):
     train_toy_model.main(["--config", json.dumps(TOY), "--out-dir", str(model_dir)])
     tables = {name: root / "tables" / f"{name}.csv" for name in ("wtw", "features", "instances")}
     analyze_superposition.main(
-        ["--model-dir", str(model_dir)]
+        ["--model-dir", str(model_dir), "--threshold", "0.5"]
         + [arg for name, path in tables.items() for arg in (f"--{name}", str(path))]
     )
     return model_dir, tables
@@ -116,7 +116,9 @@ def test_analyze_superposition_tables(toy_run):
 
 def test_analyze_superposition_missing_model(tmp_path):
     with pytest.raises(FileNotFoundError, match="cfg.json"):
-        analyze_superposition.run(tmp_path, tmp_path / "a", tmp_path / "b", tmp_path / "c")
+        analyze_superposition.run(
+            tmp_path, tmp_path / "a", tmp_path / "b", tmp_path / "c", threshold=0.5
+        )
     assert not (tmp_path / "a").exists()
 
 

@@ -39,8 +39,9 @@ def toy_store(tmp_path_factory):
     train_toy_model.main(["--config", json.dumps(TOY), "--out-dir", str(model_dir)])
     store = root / "hook_hidden.zarr"
     cache_toy_activations.main(
-        ["--model-dir", str(model_dir), "--n-samples", "20000", "--out", str(store)]
-    )
+        ["--model-dir", str(model_dir), "--instance", "-1", "--n-samples", "20000",
+         "--seed", "0", "--out", str(store)]
+    )  # fmt: skip
     return model_dir, store
 
 
@@ -58,7 +59,7 @@ def test_toy_store_is_an_activation_store(toy_store):
 def test_bad_instance_is_refused(toy_store, tmp_path):
     model_dir, _ = toy_store
     with pytest.raises(ValueError, match="--instance 5"):
-        cache_toy_activations.run(model_dir, 5, 100, 0, tmp_path / "x.zarr")
+        cache_toy_activations.run(model_dir, tmp_path / "x.zarr", instance=5, n_samples=100, seed=0)
     with pytest.raises(IncompleteStoreError):
         open_store(tmp_path / "x.zarr")
 
@@ -71,7 +72,10 @@ def test_sae_recovers_the_toy_features(toy_store, tmp_path):
          "--log", str(tmp_path / "log.csv"), "--out", str(sae_dir)]
     )  # fmt: skip
     out = tmp_path / "recovery.csv"
-    evaluate_toy_sae.main(["--sae", str(sae_dir), "--model-dir", str(model_dir), "--out", str(out)])
+    evaluate_toy_sae.main(
+        ["--sae", str(sae_dir), "--model-dir", str(model_dir), "--threshold", "0.9",
+         "--represented", "0.5", "--out", str(out)]
+    )  # fmt: skip
     recovery = pd.read_csv(out)
     represented = recovery[recovery.represented]
     assert len(represented) >= 4  # the sparse instance packs 4-5 features into 2 dims

@@ -29,7 +29,8 @@ def run(
     tokens_path: Path,
     half_len: int,
     out: Path,
-    batch_size: int = 16,
+    *,
+    batch_size: int,
     device: str = "auto",
     ablations_per_pass: int = 0,
 ) -> pd.DataFrame:
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--batch-size",
         type=int,
-        default=16,
+        required=True,
         help="sequences per pass (each replicated per ablation)",
     )
     parser.add_argument(
@@ -87,9 +88,9 @@ def main(argv: list[str] | None = None) -> None:
         args.tokens,
         args.half_len,
         args.out,
-        args.batch_size,
-        args.device,
-        args.ablations_per_pass,
+        batch_size=args.batch_size,
+        device=args.device,
+        ablations_per_pass=args.ablations_per_pass,
     )
 
 

@@ -65,8 +65,9 @@ def run(
     model_dir: Path,
     embedding_table: Path,
     out_dir: Path,
-    min_neuron_share: float = 0.05,
-    min_fraction: float = 0.5,
+    *,
+    min_neuron_share: float,
+    min_fraction: float,
 ) -> pd.DataFrame:
     if not 0 < min_neuron_share <= 1 or not 0 < min_fraction <= 1:
         raise ValueError("--min-neuron-share and --min-fraction must lie in (0, 1]")
@@ -113,20 +114,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--min-neuron-share",
         type=float,
-        default=0.05,
+        required=True,
         help="a key frequency dominates at least this share of live neurons",
     )
     parser.add_argument(
         "--min-fraction",
         type=float,
-        default=0.5,
+        required=True,
         help="a neuron counts for its best frequency when it explains this much of its variance",
     )
     add_runtime_flags(parser)
     parser.add_argument("--out-dir", required=True, type=Path)
     args = parser.parse_args(argv)
     start(args.threads)
-    run(args.model_dir, args.embedding, args.out_dir, args.min_neuron_share, args.min_fraction)
+    run(
+        args.model_dir,
+        args.embedding,
+        args.out_dir,
+        min_neuron_share=args.min_neuron_share,
+        min_fraction=args.min_fraction,
+    )
 
 
 if __name__ == "__main__":

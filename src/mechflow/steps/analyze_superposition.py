@@ -20,7 +20,6 @@ import pandas as pd
 from mechflow.analysis.inputs import model_name
 from mechflow.artifacts import write_table
 from mechflow.experiments.superposition.analysis import (
-    REPRESENTED_NORM,
     feature_table,
     instance_table,
     wtw_table,
@@ -36,7 +35,8 @@ def run(
     wtw_out: Path,
     features_out: Path,
     instances_out: Path,
-    threshold: float = REPRESENTED_NORM,
+    *,
+    threshold: float,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     if not 0 < threshold < 1:
         raise ValueError(f"--threshold must lie in (0, 1), got {threshold}")
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--threshold",
         type=float,
-        default=REPRESENTED_NORM,
+        required=True,
         help="‖W_i‖ above which a feature counts as represented",
     )
     add_runtime_flags(parser)
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--instances", required=True, type=Path, help="instances.csv")
     args = parser.parse_args(argv)
     start(args.threads)
-    run(args.model_dir, args.wtw, args.features, args.instances, args.threshold)
+    run(args.model_dir, args.wtw, args.features, args.instances, threshold=args.threshold)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 HOOK = "hook_hidden"
 
 
-def run(model_dir: Path, instance: int, n_samples: int, seed: int, out: Path) -> Path:
+def run(model_dir: Path, out: Path, *, instance: int, n_samples: int, seed: int) -> Path:
     from mechflow.experiments.superposition.toy_model import (
         WEIGHTS_FILE,
         generate_batch,
@@ -71,14 +71,14 @@ def run(model_dir: Path, instance: int, n_samples: int, seed: int, out: Path) ->
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model-dir", required=True, type=Path, help="toy-model directory")
-    parser.add_argument("--instance", type=int, default=-1, help="instance (default: the last)")
-    parser.add_argument("--n-samples", type=int, default=100_000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--instance", required=True, type=int, help="instance; -1 = the last")
+    parser.add_argument("--n-samples", required=True, type=int)
+    parser.add_argument("--seed", required=True, type=int)
     add_runtime_flags(parser)
     parser.add_argument("--out", required=True, type=Path, help="activation store (.zarr)")
     args = parser.parse_args(argv)
     start(args.threads)
-    run(args.model_dir, args.instance, args.n_samples, args.seed, args.out)
+    run(args.model_dir, args.out, instance=args.instance, n_samples=args.n_samples, seed=args.seed)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ def run(
     sae_dir: Path,
     model_dir: Path,
     out: Path,
-    threshold: float = 0.9,
-    represented: float = 0.5,
+    *,
+    threshold: float,
+    represented: float,
 ) -> pd.DataFrame:
     from mechflow.experiments.superposition.toy_model import load_toy_model
     from mechflow.saes.evaluate import feature_recovery
@@ -73,13 +74,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sae", required=True, type=Path, help="SAE directory")
     parser.add_argument("--model-dir", required=True, type=Path, help="toy-model directory")
-    parser.add_argument("--threshold", type=float, default=0.9)
-    parser.add_argument("--represented", type=float, default=0.5)
+    parser.add_argument("--threshold", required=True, type=float)
+    parser.add_argument("--represented", required=True, type=float)
     parser.add_argument("--out", required=True, type=Path, help="recovery.csv")
     args = parser.parse_args(argv)
     start()
     with torch.no_grad():
-        run(args.sae, args.model_dir, args.out, args.threshold, args.represented)
+        run(
+            args.sae,
+            args.model_dir,
+            args.out,
+            threshold=args.threshold,
+            represented=args.represented,
+        )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ def run(
     tokens_path: Path,
     half_len: int,
     out: Path,
-    batch_size: int = 64,
+    *,
+    batch_size: int,
     device: str = "auto",
 ) -> pd.DataFrame:
     from mechflow.analysis.losses import half_losses, loss_by_position
@@ -62,12 +63,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-dir", required=True, type=Path)
     parser.add_argument("--tokens", required=True, type=Path, help="[BOS]+r+r .npy")
     parser.add_argument("--half-len", required=True, type=int, help="len(r)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", required=True, type=int)
     add_runtime_flags(parser, device=True)
     parser.add_argument("--out", required=True, type=Path, help="loss_by_position.csv")
     args = parser.parse_args(argv)
     start(args.threads)
-    run(args.model_dir, args.tokens, args.half_len, args.out, args.batch_size, args.device)
+    run(
+        args.model_dir,
+        args.tokens,
+        args.half_len,
+        args.out,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
 
 
 if __name__ == "__main__":

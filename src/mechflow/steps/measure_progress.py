@@ -52,7 +52,8 @@ def run(
     key_table: Path,
     progress_out: Path,
     phases_out: Path,
-    first_epoch: int = 0,
+    *,
+    first_epoch: int,
     last_epoch: int | None = None,
 ) -> pd.DataFrame:
     keys_df = read_figure_table(key_table)
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model-dir", required=True, type=Path)
     parser.add_argument("--key-frequencies", required=True, type=Path, help="key_frequencies.csv")
-    parser.add_argument("--first-epoch", type=int, default=0)
+    parser.add_argument("--first-epoch", required=True, type=int)
     parser.add_argument("--last-epoch", type=int, default=None, help="default: last checkpoint")
     add_runtime_flags(parser)
     parser.add_argument("--out", required=True, type=Path, help="progress.csv")
@@ -102,8 +103,8 @@ def main(argv: list[str] | None = None) -> None:
         args.key_frequencies,
         args.out,
         args.phases,
-        args.first_epoch,
-        args.last_epoch,
+        first_epoch=args.first_epoch,
+        last_epoch=args.last_epoch,
     )
 
 

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 COLUMNS = ["model", "kind", "layer_from", "head_from", "layer_to", "head_to", "score", "baseline"]
 
 
-def run(model_dir: Path, out: Path, baseline_samples: int = 200, seed: int = 0) -> pd.DataFrame:
+def run(model_dir: Path, out: Path, *, baseline_samples: int, seed: int) -> pd.DataFrame:
     from mechflow.analysis.composition import (
         KINDS,
         model_composition_scores,
@@ -58,13 +58,13 @@ def run(model_dir: Path, out: Path, baseline_samples: int = 200, seed: int = 0) 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model-dir", required=True, type=Path)
-    parser.add_argument("--baseline-samples", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--baseline-samples", required=True, type=int)
+    parser.add_argument("--seed", required=True, type=int)
     add_runtime_flags(parser)
     parser.add_argument("--out", required=True, type=Path, help="composition.csv")
     args = parser.parse_args(argv)
     start(args.threads)
-    run(args.model_dir, args.out, args.baseline_samples, args.seed)
+    run(args.model_dir, args.out, baseline_samples=args.baseline_samples, seed=args.seed)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def pattern_hooks(n_layers: int) -> list[str]:
 
 
 def run(
-    store: Path, model_dir: Path, tokens_path: Path, half_len: int, out: Path, batch_size: int = 64
+    store: Path, model_dir: Path, tokens_path: Path, half_len: int, out: Path, *, batch_size: int
 ) -> pd.DataFrame:
     from mechflow.models.build import model_fingerprint
     from mechflow.store.reader import open_store
@@ -72,12 +72,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-dir", required=True, type=Path)
     parser.add_argument("--tokens", required=True, type=Path, help="the cached [BOS]+r+r .npy")
     parser.add_argument("--half-len", required=True, type=int, help="len(r)")
-    parser.add_argument("--batch-size", type=int, default=64, help="sequences read at a time")
+    parser.add_argument("--batch-size", required=True, type=int, help="sequences read at a time")
     add_runtime_flags(parser)
     parser.add_argument("--out", required=True, type=Path, help="head_scores.csv")
     args = parser.parse_args(argv)
     start(args.threads)
-    run(args.store, args.model_dir, args.tokens, args.half_len, args.out, args.batch_size)
+    run(
+        args.store,
+        args.model_dir,
+        args.tokens,
+        args.half_len,
+        args.out,
+        batch_size=args.batch_size,
+    )
 
 
 if __name__ == "__main__":

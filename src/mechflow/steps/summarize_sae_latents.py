@@ -37,7 +37,7 @@ def run(
     logits_out: Path,
     *,
     latents: list[int] | None = None,
-    n_latents: int = 4,
+    n_latents: int,
     max_frequency: float = 0.5,
     top_k: int = 8,
     context: int = 6,
@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--latents", type=int, nargs="+", default=None, help="latents to show (default: chosen)"
     )
-    parser.add_argument("--n-latents", type=int, default=4, help="latents chosen without --latents")
+    parser.add_argument(
+        "--n-latents", required=True, type=int, help="latents chosen without --latents"
+    )
     parser.add_argument(
         "--max-frequency",
         type=float,

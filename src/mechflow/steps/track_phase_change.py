@@ -6,8 +6,8 @@ For every ``step_<N>.safetensors`` in ``--checkpoints-dir`` writes ``model, step
 ``first_half_loss`` and ``repeated_half_loss`` on the same sequences, and ``icl_score`` (Olsson et
 al. 2022): loss at predicted position ``--icl-late`` minus loss at ``--icl-early`` on
 ``--icl-tokens`` (a sample of the training distribution). Olsson et al. compare token 500 with
-token 50 of 512; for 64-token contexts the defaults compare the last position (-1) with position 5,
-about the same fraction of the context.
+token 50 of 512; for 64-token contexts the schema's defaults compare position 60 with position 5,
+about the same fractions of the context.
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ from mechflow.runtime import add_runtime_flags, pick_device, start
 log = logging.getLogger(__name__)
 
 COLUMNS = ["model", "step", "metric", "value"]
-DEFAULT_ICL_EARLY = 5
-DEFAULT_ICL_LATE = -1
 
 
 def run(
@@ -37,9 +35,9 @@ def run(
     half_len: int,
     out: Path,
     *,
-    batch_size: int = 64,
-    icl_early: int = DEFAULT_ICL_EARLY,
-    icl_late: int = DEFAULT_ICL_LATE,
+    batch_size: int,
+    icl_early: int,
+    icl_late: int,
     device: str = "auto",
 ) -> pd.DataFrame:
     from mechflow.analysis.losses import resolve_position
@@ -92,13 +90,9 @@ def main(argv: list[str] | None = None) -> None:
         "--icl-tokens", required=True, type=Path, help="training-distribution sample .npy"
     )
     parser.add_argument("--half-len", required=True, type=int, help="len(r) of --eval-tokens")
-    parser.add_argument(
-        "--icl-early", type=int, default=DEFAULT_ICL_EARLY, help="predicted position"
-    )
-    parser.add_argument(
-        "--icl-late", type=int, default=DEFAULT_ICL_LATE, help="predicted position; -1 = last"
-    )
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--icl-early", required=True, type=int, help="predicted position")
+    parser.add_argument("--icl-late", required=True, type=int, help="predicted position; -1 = last")
+    parser.add_argument("--batch-size", required=True, type=int)
     add_runtime_flags(parser, device=True)
     parser.add_argument("--out", required=True, type=Path, help="phase_change.csv")
     args = parser.parse_args(argv)

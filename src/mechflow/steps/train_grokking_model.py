@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--modulus", required=True, type=int, help="p, an odd prime")
     parser.add_argument("--train-fraction", required=True, type=float)
-    parser.add_argument("--data-seed", type=int, default=0, help="seed of the train/test split")
+    parser.add_argument("--data-seed", required=True, type=int, help="seed of the train/test split")
     parser.add_argument("--architecture", required=True, help="Architecture fields as JSON")
     parser.add_argument("--training", required=True, help="FullBatchTrainingConfig as JSON")
     add_runtime_flags(parser, device=True)
