@@ -75,3 +75,14 @@ def check_repeated(tokens: Int[np.ndarray, "seq pos"], half_len: int, source: st
             f"{source}: {bad.size} sequence(s) (first: row {bad[0]}) are not r + r repeats "
             f"with half_len={half_len}"
         )
+
+
+def read_repeated_inputs(
+    model_dir: str | os.PathLike, tokens_path: str | os.PathLike, half_len: int
+) -> tuple[dict[str, Any], Int[np.ndarray, "seq pos"]]:
+    """The model's config and its checked ``[BOS] + r + r`` ``--tokens``: what every induction
+    step reads first, so a bad input fails before TransformerLens loads."""
+    cfg = read_model_config(model_dir)
+    tokens = check_tokens(tokens_path, d_vocab=cfg["d_vocab"], n_ctx=cfg["n_ctx"])
+    check_repeated(tokens, half_len, f"--tokens {tokens_path}")
+    return cfg, tokens

@@ -1,1 +1,49 @@
 """Step modules: one per Snakemake rule, each runnable as ``python -m mechflow.steps.<rule>``."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any
+
+
+def run_with_flags(
+    run: Callable[..., Any], args: argparse.Namespace, *, machine: Iterable[str] = ("threads",)
+) -> Any:
+    """Call ``run(**flags)``: each parsed flag (its argparse ``dest``) is the run() parameter of
+    the same name, less the ``machine`` flags that ``runtime.start`` already consumed.
+
+    One place maps flags to parameters instead of a hand-written call per step, and the match is
+    checked both ways: a flag with no parameter, or a required parameter with no flag, raises a
+    TypeError naming the step, so nothing a rule passes is silently dropped.
+    """
+    skip = set(machine)
+    kwargs = {name: value for name, value in vars(args).items() if name not in skip}
+    params = inspect.signature(run).parameters
+    step = f"{run.__module__}.{run.__qualname__}"
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise TypeError(f"{step}: flags {unknown} match no run() parameter (use dest=)")
+    missing = sorted(
+        name
+        for name, param in params.items()
+        if param.default is param.empty
+        and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
+        and name not in kwargs
+    )
+    if missing:
+        raise TypeError(f"{step}: run() parameters {missing} have no flag")
+    return run(**kwargs)
+
+
+def parse_and_run(
+    parser: argparse.ArgumentParser, run: Callable[..., Any], argv: list[str] | None
+) -> Any:
+    """The whole tail of a step's main(): parse, ``runtime.start`` (with ``--threads`` when the
+    step has that flag, so light steps leave torch alone), then ``run_with_flags``."""
+    from mechflow.runtime import start
+
+    args = parser.parse_args(argv)
+    start(getattr(args, "threads", None))
+    return run_with_flags(run, args)

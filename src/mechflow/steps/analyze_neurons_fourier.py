@@ -30,7 +30,8 @@ from mechflow.experiments.grokking.fourier import (
 )
 from mechflow.experiments.grokking.inputs import pair_maps, read_run
 from mechflow.plots.style import read_figure_table
-from mechflow.runtime import add_runtime_flags, start
+from mechflow.runtime import add_runtime_flags
+from mechflow.steps import parse_and_run
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,13 @@ def run(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model-dir", required=True, type=Path)
-    parser.add_argument("--embedding", required=True, type=Path, help="embedding_fourier.csv")
+    parser.add_argument(
+        "--embedding",
+        dest="embedding_table",
+        required=True,
+        type=Path,
+        help="embedding_fourier.csv",
+    )
     parser.add_argument(
         "--min-neuron-share",
         type=float,
@@ -125,15 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     add_runtime_flags(parser)
     parser.add_argument("--out-dir", required=True, type=Path)
-    args = parser.parse_args(argv)
-    start(args.threads)
-    run(
-        args.model_dir,
-        args.embedding,
-        args.out_dir,
-        min_neuron_share=args.min_neuron_share,
-        min_fraction=args.min_fraction,
-    )
+    parse_and_run(parser, run, argv)
 
 
 if __name__ == "__main__":

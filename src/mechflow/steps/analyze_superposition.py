@@ -25,7 +25,8 @@ from mechflow.experiments.superposition.analysis import (
     wtw_table,
 )
 from mechflow.experiments.superposition.toy_model import load_toy_model
-from mechflow.runtime import add_runtime_flags, start
+from mechflow.runtime import add_runtime_flags
+from mechflow.steps import parse_and_run
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +75,14 @@ def main(argv: list[str] | None = None) -> None:
         help="‖W_i‖ above which a feature counts as represented",
     )
     add_runtime_flags(parser)
-    parser.add_argument("--wtw", required=True, type=Path, help="wtw.csv")
-    parser.add_argument("--features", required=True, type=Path, help="features.csv")
-    parser.add_argument("--instances", required=True, type=Path, help="instances.csv")
-    args = parser.parse_args(argv)
-    start(args.threads)
-    run(args.model_dir, args.wtw, args.features, args.instances, threshold=args.threshold)
+    parser.add_argument("--wtw", dest="wtw_out", required=True, type=Path, help="wtw.csv")
+    parser.add_argument(
+        "--features", dest="features_out", required=True, type=Path, help="features.csv"
+    )
+    parser.add_argument(
+        "--instances", dest="instances_out", required=True, type=Path, help="instances.csv"
+    )
+    parse_and_run(parser, run, argv)
 
 
 if __name__ == "__main__":

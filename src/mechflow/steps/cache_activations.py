@@ -15,7 +15,8 @@ from pathlib import Path
 
 from mechflow.artifacts import file_sha256
 from mechflow.models.config import HOOK_NAME_PATTERN
-from mechflow.runtime import add_runtime_flags, pick_device, seed_everything, start
+from mechflow.runtime import add_runtime_flags, pick_device, seed_everything
+from mechflow.steps import parse_and_run
 from mechflow.store.writer import COMPRESSIONS, DTYPES
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,9 @@ def run(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model-dir", required=True, type=Path)
-    parser.add_argument("--tokens", required=True, type=Path, help="(seq, pos) int .npy")
+    parser.add_argument(
+        "--tokens", dest="tokens_path", required=True, type=Path, help="(seq, pos) int .npy"
+    )
     parser.add_argument(
         "--hook", required=True, action="append", dest="hooks", help="full hook name; repeatable"
     )
@@ -103,20 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     add_runtime_flags(parser, device=True)
     parser.add_argument("--out", required=True, type=Path, help="the .zarr store directory")
-    args = parser.parse_args(argv)
-    start(args.threads)
-    run(
-        args.model_dir,
-        args.tokens,
-        args.hooks,
-        args.out,
-        dtype=args.dtype,
-        compression=args.compression,
-        batch_size=args.batch_size,
-        chunk_size=args.chunk_size,
-        seed=args.seed,
-        device=args.device,
-    )
+    parse_and_run(parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from mechflow.artifacts import config_hash, file_sha256
-from mechflow.runtime import add_runtime_flags, seed_everything, start
+from mechflow.runtime import add_runtime_flags, seed_everything
+from mechflow.steps import parse_and_run
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", required=True, type=int)
     add_runtime_flags(parser)
     parser.add_argument("--out", required=True, type=Path, help="activation store (.zarr)")
-    args = parser.parse_args(argv)
-    start(args.threads)
-    run(args.model_dir, args.out, instance=args.instance, n_samples=args.n_samples, seed=args.seed)
+    parse_and_run(parser, run, argv)
 
 
 if __name__ == "__main__":

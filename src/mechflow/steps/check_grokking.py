@@ -18,6 +18,7 @@ from mechflow.artifacts import write_table
 from mechflow.experiments.grokking.checks import grokking_checks
 from mechflow.plots.style import check_columns, read_figure_table
 from mechflow.runtime import start
+from mechflow.steps import run_with_flags
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +53,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--progress", required=True, type=Path, help="progress.csv")
     parser.add_argument("--phases", required=True, type=Path, help="phases.csv")
-    parser.add_argument("--key-frequencies", required=True, type=Path, help="key_frequencies.csv")
+    parser.add_argument(
+        "--key-frequencies", dest="keys", required=True, type=Path, help="key_frequencies.csv"
+    )
     parser.add_argument("--enforce", action="store_true", help="fail when a check fails")
     parser.add_argument("--out", required=True, type=Path, help="checks.csv")
     args = parser.parse_args(argv)
     start()
     try:
-        run(args.progress, args.phases, args.key_frequencies, args.out, args.enforce)
+        run_with_flags(run, args)
     except ChecksFailed as err:
         log.error("%s", err)
         sys.exit(1)

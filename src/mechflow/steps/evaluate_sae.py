@@ -19,7 +19,8 @@ import pandas as pd
 
 from mechflow.analysis.inputs import check_tokens, read_model_config
 from mechflow.artifacts import write_table
-from mechflow.runtime import add_runtime_flags, pick_device, start
+from mechflow.runtime import add_runtime_flags, pick_device
+from mechflow.steps import parse_and_run
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +87,14 @@ def run(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sae", required=True, type=Path, help="SAE directory (SAELens layout)")
+    parser.add_argument(
+        "--sae", dest="sae_dir", required=True, type=Path, help="SAE directory (SAELens layout)"
+    )
     parser.add_argument("--store", required=True, type=Path, help="activation store (.zarr)")
     parser.add_argument("--model-dir", required=True, type=Path)
-    parser.add_argument("--tokens", required=True, type=Path, help="(seq, pos) int .npy")
+    parser.add_argument(
+        "--tokens", dest="tokens_path", required=True, type=Path, help="(seq, pos) int .npy"
+    )
     parser.add_argument(
         "--max-sequences", type=int, default=None, help="evaluate on the first N sequences"
     )
@@ -99,19 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     add_runtime_flags(parser, device=True)
     parser.add_argument("--out", required=True, type=Path, help="metrics table (.csv)")
-    args = parser.parse_args(argv)
-    start(args.threads)
-    run(
-        args.sae,
-        args.store,
-        args.model_dir,
-        args.tokens,
-        args.out,
-        max_sequences=args.max_sequences,
-        batch_size=args.batch_size,
-        dense_threshold=args.dense_threshold,
-        device=args.device,
-    )
+    parse_and_run(parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import torch
 
 from mechflow.artifacts import write_table
 from mechflow.runtime import start
+from mechflow.steps import run_with_flags
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def run(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sae", required=True, type=Path, help="SAE directory")
+    parser.add_argument("--sae", dest="sae_dir", required=True, type=Path, help="SAE directory")
     parser.add_argument("--model-dir", required=True, type=Path, help="toy-model directory")
     parser.add_argument("--threshold", required=True, type=float)
     parser.add_argument("--represented", required=True, type=float)
@@ -80,13 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     start()
     with torch.no_grad():
-        run(
-            args.sae,
-            args.model_dir,
-            args.out,
-            threshold=args.threshold,
-            represented=args.represented,
-        )
+        run_with_flags(run, args)
 
 
 if __name__ == "__main__":

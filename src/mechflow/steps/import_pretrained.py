@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mechflow.artifacts import git_revision, package_versions
 from mechflow.models.build import load_pretrained, save_model
-from mechflow.runtime import start
+from mechflow.steps import parse_and_run
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", required=True, help="TransformerLens model name, e.g. gpt2")
     parser.add_argument("--path", default=None, help="local Hugging Face model directory")
     parser.add_argument("--out-dir", required=True, type=Path)
-    args = parser.parse_args(argv)
-    start()
-    run(args.name, args.path, args.out_dir)
+    parse_and_run(parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pathlib import Path
 from mechflow.data import induction
 from mechflow.data.tokens import save_tokens
 from mechflow.runtime import start
+from mechflow.steps import run_with_flags
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
     start()
-    run(args.kind, json.loads(args.spec), args.out)
+    args.spec = json.loads(args.spec)
+    run_with_flags(run, args)
 
 
 if __name__ == "__main__":

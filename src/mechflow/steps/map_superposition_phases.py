@@ -19,6 +19,7 @@ import pandas as pd
 from mechflow.artifacts import write_table
 from mechflow.experiments.superposition.analysis import PhaseMapConfig, map_phases
 from mechflow.runtime import add_runtime_flags, seed_everything, start
+from mechflow.steps import run_with_flags
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, type=Path, help="phases.csv")
     args = parser.parse_args(argv)
     start(args.threads)
-    run(json.loads(args.config), args.out)
+    args.config = json.loads(args.config)
+    run_with_flags(run, args)
 
 
 if __name__ == "__main__":

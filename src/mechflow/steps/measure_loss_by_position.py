@@ -13,9 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from mechflow.analysis.inputs import check_repeated, check_tokens, model_name, read_model_config
+from mechflow.analysis.inputs import (
+    model_name,
+    read_repeated_inputs,
+)
 from mechflow.artifacts import write_table
-from mechflow.runtime import add_runtime_flags, pick_device, start
+from mechflow.runtime import add_runtime_flags, pick_device
+from mechflow.steps import parse_and_run
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +38,7 @@ def run(
     from mechflow.analysis.losses import half_losses, loss_by_position
     from mechflow.models.build import load_model
 
-    cfg = read_model_config(model_dir)
-    tokens = check_tokens(tokens_path, d_vocab=cfg["d_vocab"], n_ctx=cfg["n_ctx"])
-    check_repeated(tokens, half_len, f"--tokens {tokens_path}")
+    _, tokens = read_repeated_inputs(model_dir, tokens_path, half_len)
     dev = pick_device(device)
     model = load_model(model_dir, device=dev)
     loss = loss_by_position(model, tokens, batch_size, dev)
@@ -61,21 +63,14 @@ def run(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model-dir", required=True, type=Path)
-    parser.add_argument("--tokens", required=True, type=Path, help="[BOS]+r+r .npy")
+    parser.add_argument(
+        "--tokens", dest="tokens_path", required=True, type=Path, help="[BOS]+r+r .npy"
+    )
     parser.add_argument("--half-len", required=True, type=int, help="len(r)")
     parser.add_argument("--batch-size", required=True, type=int)
     add_runtime_flags(parser, device=True)
     parser.add_argument("--out", required=True, type=Path, help="loss_by_position.csv")
-    args = parser.parse_args(argv)
-    start(args.threads)
-    run(
-        args.model_dir,
-        args.tokens,
-        args.half_len,
-        args.out,
-        batch_size=args.batch_size,
-        device=args.device,
-    )
+    parse_and_run(parser, run, argv)
 
 
 if __name__ == "__main__":

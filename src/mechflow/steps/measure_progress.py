@@ -25,7 +25,8 @@ from mechflow.experiments.grokking.progress_measures import measure_checkpoint
 from mechflow.experiments.grokking.workflow import MIN_PROGRESS_CHECKPOINTS
 from mechflow.models.checkpoints import iter_checkpoint_models
 from mechflow.plots.style import check_columns, read_figure_table
-from mechflow.runtime import add_runtime_flags, start
+from mechflow.runtime import add_runtime_flags
+from mechflow.steps import parse_and_run
 
 log = logging.getLogger(__name__)
 
@@ -90,22 +91,15 @@ def run(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model-dir", required=True, type=Path)
-    parser.add_argument("--key-frequencies", required=True, type=Path, help="key_frequencies.csv")
+    parser.add_argument(
+        "--key-frequencies", dest="key_table", required=True, type=Path, help="key_frequencies.csv"
+    )
     parser.add_argument("--first-epoch", required=True, type=int)
     parser.add_argument("--last-epoch", type=int, default=None, help="default: last checkpoint")
     add_runtime_flags(parser)
-    parser.add_argument("--out", required=True, type=Path, help="progress.csv")
-    parser.add_argument("--phases", required=True, type=Path, help="phases.csv")
-    args = parser.parse_args(argv)
-    start(args.threads)
-    run(
-        args.model_dir,
-        args.key_frequencies,
-        args.out,
-        args.phases,
-        first_epoch=args.first_epoch,
-        last_epoch=args.last_epoch,
-    )
+    parser.add_argument("--out", dest="progress_out", required=True, type=Path, help="progress.csv")
+    parser.add_argument("--phases", dest="phases_out", required=True, type=Path, help="phases.csv")
+    parse_and_run(parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ import pandas as pd
 
 from mechflow.analysis.inputs import model_name, read_model_config
 from mechflow.artifacts import write_table
-from mechflow.runtime import add_runtime_flags, seed_everything, start
+from mechflow.runtime import add_runtime_flags, seed_everything
+from mechflow.steps import parse_and_run
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", required=True, type=int)
     add_runtime_flags(parser)
     parser.add_argument("--out", required=True, type=Path, help="composition.csv")
-    args = parser.parse_args(argv)
-    start(args.threads)
-    run(args.model_dir, args.out, baseline_samples=args.baseline_samples, seed=args.seed)
+    parse_and_run(parser, run, argv)
 
 
 if __name__ == "__main__":

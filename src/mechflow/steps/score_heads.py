@@ -14,9 +14,13 @@ from pathlib import Path
 import pandas as pd
 
 from mechflow.analysis.attention_scores import SCORES, HeadScoreAccumulator
-from mechflow.analysis.inputs import check_repeated, check_tokens, model_name, read_model_config
+from mechflow.analysis.inputs import (
+    model_name,
+    read_repeated_inputs,
+)
 from mechflow.artifacts import file_sha256, write_table
-from mechflow.runtime import add_runtime_flags, start
+from mechflow.runtime import add_runtime_flags
+from mechflow.steps import parse_and_run
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +37,7 @@ def run(
     from mechflow.models.build import model_fingerprint
     from mechflow.store.reader import open_store
 
-    cfg = read_model_config(model_dir)
-    tokens = check_tokens(tokens_path, d_vocab=cfg["d_vocab"], n_ctx=cfg["n_ctx"])
-    check_repeated(tokens, half_len, f"--tokens {tokens_path}")
+    cfg, tokens = read_repeated_inputs(model_dir, tokens_path, half_len)
     hooks = pattern_hooks(cfg["n_layers"])
     acts = open_store(
         store,
@@ -70,21 +72,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--store", required=True, type=Path, help="activation store (.zarr)")
     parser.add_argument("--model-dir", required=True, type=Path)
-    parser.add_argument("--tokens", required=True, type=Path, help="the cached [BOS]+r+r .npy")
+    parser.add_argument(
+        "--tokens", dest="tokens_path", required=True, type=Path, help="the cached [BOS]+r+r .npy"
+    )
     parser.add_argument("--half-len", required=True, type=int, help="len(r)")
     parser.add_argument("--batch-size", required=True, type=int, help="sequences read at a time")
     add_runtime_flags(parser)
     parser.add_argument("--out", required=True, type=Path, help="head_scores.csv")
-    args = parser.parse_args(argv)
-    start(args.threads)
-    run(
-        args.store,
-        args.model_dir,
-        args.tokens,
-        args.half_len,
-        args.out,
-        batch_size=args.batch_size,
-    )
+    parse_and_run(parser, run, argv)
 
 
 if __name__ == "__main__":

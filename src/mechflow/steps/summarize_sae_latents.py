@@ -23,7 +23,8 @@ import logging
 from pathlib import Path
 
 from mechflow.artifacts import write_table
-from mechflow.runtime import add_runtime_flags, pick_device, start
+from mechflow.runtime import add_runtime_flags, pick_device
+from mechflow.steps import parse_and_run
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,9 @@ def run(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sae", required=True, type=Path, help="SAE directory (SAELens layout)")
+    parser.add_argument(
+        "--sae", dest="sae_dir", required=True, type=Path, help="SAE directory (SAELens layout)"
+    )
     parser.add_argument("--store", required=True, type=Path, help="activation store (.zarr)")
     parser.add_argument("--model-dir", required=True, type=Path)
     parser.add_argument(
@@ -111,29 +114,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-logits", type=int, default=8, help="tokens per sign of logit effect")
     parser.add_argument("--batch-size", type=int, default=64, help="sequences per store read")
     add_runtime_flags(parser, device=True)
-    parser.add_argument("--contexts", required=True, type=Path, help="top contexts table (.csv)")
-    parser.add_argument("--histograms", required=True, type=Path, help="histogram table (.csv)")
-    parser.add_argument("--logits", required=True, type=Path, help="logit effect table (.csv)")
-    args = parser.parse_args(argv)
-    start(args.threads)
-    run(
-        args.sae,
-        args.store,
-        args.model_dir,
-        args.contexts,
-        args.histograms,
-        args.logits,
-        latents=args.latents,
-        n_latents=args.n_latents,
-        max_frequency=args.max_frequency,
-        top_k=args.top_k,
-        context=args.context,
-        after=args.after,
-        bins=args.bins,
-        n_logits=args.n_logits,
-        batch_size=args.batch_size,
-        device=args.device,
+    parser.add_argument(
+        "--contexts",
+        dest="contexts_out",
+        required=True,
+        type=Path,
+        help="top contexts table (.csv)",
     )
+    parser.add_argument(
+        "--histograms",
+        dest="histograms_out",
+        required=True,
+        type=Path,
+        help="histogram table (.csv)",
+    )
+    parser.add_argument(
+        "--logits", dest="logits_out", required=True, type=Path, help="logit effect table (.csv)"
+    )
+    parse_and_run(parser, run, argv)
 
 
 if __name__ == "__main__":

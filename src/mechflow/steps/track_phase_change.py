@@ -20,7 +20,8 @@ import pandas as pd
 
 from mechflow.analysis.inputs import check_repeated, check_tokens, model_name, read_model_config
 from mechflow.artifacts import write_table
-from mechflow.runtime import add_runtime_flags, pick_device, start
+from mechflow.runtime import add_runtime_flags, pick_device
+from mechflow.steps import parse_and_run
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +86,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model-dir", required=True, type=Path)
     parser.add_argument("--checkpoints-dir", required=True, type=Path)
-    parser.add_argument("--eval-tokens", required=True, type=Path, help="[BOS]+r+r .npy")
     parser.add_argument(
-        "--icl-tokens", required=True, type=Path, help="training-distribution sample .npy"
+        "--eval-tokens", dest="eval_tokens_path", required=True, type=Path, help="[BOS]+r+r .npy"
+    )
+    parser.add_argument(
+        "--icl-tokens",
+        dest="icl_tokens_path",
+        required=True,
+        type=Path,
+        help="training-distribution sample .npy",
     )
     parser.add_argument("--half-len", required=True, type=int, help="len(r) of --eval-tokens")
     parser.add_argument("--icl-early", required=True, type=int, help="predicted position")
@@ -95,20 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", required=True, type=int)
     add_runtime_flags(parser, device=True)
     parser.add_argument("--out", required=True, type=Path, help="phase_change.csv")
-    args = parser.parse_args(argv)
-    start(args.threads)
-    run(
-        args.model_dir,
-        args.checkpoints_dir,
-        args.eval_tokens,
-        args.icl_tokens,
-        args.half_len,
-        args.out,
-        batch_size=args.batch_size,
-        icl_early=args.icl_early,
-        icl_late=args.icl_late,
-        device=args.device,
-    )
+    parse_and_run(parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from mechflow.models.checkpoints import checkpoint_name
 from mechflow.models.config import FullBatchTrainingConfig
 from mechflow.models.train_full_batch import train_full_batch
 from mechflow.runtime import add_runtime_flags, pick_device, seed_everything, start
+from mechflow.steps import run_with_flags
 
 log = logging.getLogger(__name__)
 
@@ -101,15 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", required=True, type=Path)
     args = parser.parse_args(argv)
     start(args.threads)
-    run(
-        args.modulus,
-        args.train_fraction,
-        args.data_seed,
-        json.loads(args.architecture),
-        json.loads(args.training),
-        args.out_dir,
-        args.device,
-    )
+    args.architecture = json.loads(args.architecture)
+    args.training = json.loads(args.training)
+    run_with_flags(run, args)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import Any
 from mechflow.artifacts import write_table
 from mechflow.runtime import add_runtime_flags, pick_device, start
 from mechflow.saes.config import SAEConfig
+from mechflow.steps import run_with_flags
 
 log = logging.getLogger(__name__)
 
@@ -124,19 +125,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--checkpoint", type=Path, default=None, help="default <out>.ckpt.pt")
     add_runtime_flags(parser, device=True)
-    parser.add_argument("--log", required=True, type=Path, help="training log (.csv)")
+    parser.add_argument(
+        "--log", dest="log_path", required=True, type=Path, help="training log (.csv)"
+    )
     parser.add_argument("--out", required=True, type=Path, help="SAE directory (SAELens layout)")
     args = parser.parse_args(argv)
     start(args.threads)
-    run(
-        args.store,
-        args.hook,
-        read_sae_config(args.sae_config),
-        args.out,
-        args.log,
-        checkpoint=args.checkpoint,
-        device=args.device,
-    )
+    args.sae_config = read_sae_config(args.sae_config)
+    run_with_flags(run, args)
 
 
 if __name__ == "__main__":

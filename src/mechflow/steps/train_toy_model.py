@@ -20,6 +20,7 @@ from mechflow.experiments.superposition.toy_model import (
     train_toy_model,
 )
 from mechflow.runtime import add_runtime_flags, seed_everything, start
+from mechflow.steps import run_with_flags
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", required=True, type=Path)
     args = parser.parse_args(argv)
     start(args.threads)
-    run(json.loads(args.config), args.out_dir)
+    args.config = json.loads(args.config)
+    run_with_flags(run, args)
 
 
 if __name__ == "__main__":
