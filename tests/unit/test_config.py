@@ -175,7 +175,10 @@ def test_schema_rejects_bad_values_naming_them(config, mutate, key):
             lambda c: grokking_run(c).update(progress_range=[0, 1510]),
             "progress_range: [0, 1510] is not within the 1500 training epochs",
         ),
-        (lambda c: c["experiments"].update(brackets={}), "experiments.brackets: unknown experiment"),
+        (
+            lambda c: c["experiments"].update(brackets={}),
+            "experiments.brackets: unknown experiment",
+        ),
     ],
 )
 def test_cross_checks_name_the_bad_key(config, mutate, message):
