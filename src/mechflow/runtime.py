@@ -1,4 +1,5 @@
-"""Process-wide settings every step applies first: seeds, threads, device, offline mode.
+"""Process-wide settings every step applies first: seeds, threads, device, offline mode, and
+deterministic kernels.
 
 torch is imported inside the functions so light steps (plots) do not pay for it.
 
@@ -12,12 +13,19 @@ import argparse
 import logging
 import os
 import random
+import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled"}
+# Read once, by the first matrix product (MKL) or the first cuBLAS handle: set before any work.
+# MKL_CBWR "AUTO,STRICT": MKL's strict reproducibility mode, in which ?gemm gives the same bits
+# for any thread count (by default it splits the reduction of a product such as a weight
+# gradient, x^T @ grad over batch*pos rows, by threads, and 1 and 2 threads round differently).
+# CUBLAS_WORKSPACE_CONFIG: what torch's deterministic mode needs for cuBLAS (CUDA >= 10.2).
+DETERMINISTIC_ENV = {"MKL_CBWR": "AUTO,STRICT", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -38,6 +46,29 @@ def set_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+
+
+def deterministic_env() -> None:
+    """Export what MKL and cuBLAS read at their first call (a value already set is kept)."""
+    for key, value in DETERMINISTIC_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def use_deterministic(enabled: bool = True) -> None:
+    """Deterministic torch kernels: a run's bits no longer depend on how its threads interleave.
+
+    On CPU this swaps the embedding backward's racy parallel accumulation for a deterministic
+    one. With ``deterministic_env`` exported before the first matrix product (MKL) and before
+    CUDA starts (cuBLAS), 1 and N threads agree as well, but for the case in
+    ``mechflow.models.train.thread_invariant_length``. An op without a deterministic kernel
+    raises instead of silently differing.
+    """
+    import torch
+
+    if enabled:
+        deterministic_env()
+        torch.backends.cudnn.benchmark = False  # its autotuner may pick another kernel per run
+    torch.use_deterministic_algorithms(enabled)
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -75,8 +106,16 @@ def add_runtime_flags(parser: argparse.ArgumentParser, device: bool = False) -> 
 
 
 def start(threads: int | None = None) -> None:
-    """What every step does before any work: logging, offline mode, the thread pool."""
+    """What every step does before any work: logging, offline mode, the thread pool, and
+    deterministic kernels (two runs of a step write the same bytes, on 1 thread or on 2).
+
+    torch is configured only when the step uses it (it passed ``threads`` or imported torch);
+    the environment for MKL and cuBLAS is exported either way, before either has run.
+    """
     setup_logging()
     go_offline()
+    deterministic_env()
     if threads is not None:
         set_threads(threads)
+    if "torch" in sys.modules:
+        use_deterministic()

@@ -2,6 +2,8 @@
 
 Writes ``model.safetensors`` + ``config.json`` (architecture, training config, dataset hash,
 versions, git revision), a tidy loss log, and weights at each configured checkpoint step.
+A killed run resumes from its last checkpoint step when rerun with the same arguments (its
+state is kept in ``<out-dir>/resume/``, deleted on success) and ends with the same bytes.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -21,6 +25,34 @@ from mechflow.models.train import train
 from mechflow.runtime import add_runtime_flags, pick_device, seed_everything, start
 
 log = logging.getLogger(__name__)
+
+# Not one of the step's outputs: Snakemake deletes a failed job's outputs, checkpoints/ included,
+# so the checkpoints written so far are kept here too, for the rerun to put back.
+RESUME_DIR = "resume"
+
+
+def _link(src: Path, dst: Path) -> None:
+    """Make ``dst`` the file ``src`` (a hard link; a copy where links fail), atomically."""
+    if dst.exists() and os.path.samefile(src, dst):
+        return  # renaming a link onto another link of the same file would do nothing
+    tmp = dst.with_name(f".{dst.name}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _publish_checkpoints(kept_dir: Path, ckpt_dir: Path) -> None:
+    """Make ``ckpt_dir`` hold this run's checkpoints and no others: a killed attempt's, which
+    Snakemake deleted with its outputs, are put back; another run's left there are removed."""
+    kept = {path.name: path for path in kept_dir.glob("*.safetensors")}
+    for stale in ckpt_dir.glob("*.safetensors"):
+        if stale.name not in kept:
+            stale.unlink()
+    for name, path in sorted(kept.items()):
+        _link(path, ckpt_dir / name)
 
 
 def run(
@@ -44,13 +76,19 @@ def run(
     model = build_model(arch, seed=cfg.seed).to(pick_device(device))
     ckpt_dir = out_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    resume_dir = out_dir / RESUME_DIR
 
     def on_checkpoint(step, model):
-        save_weights(model, ckpt_dir / checkpoint_name(step))
+        kept = resume_dir / checkpoint_name(step)
+        save_weights(model, kept)
+        _link(kept, ckpt_dir / kept.name)
 
     start = time.perf_counter()
-    loss_log = train(model, tokens, cfg, on_checkpoint=on_checkpoint, progress=progress)
+    loss_log = train(
+        model, tokens, cfg, on_checkpoint=on_checkpoint, progress=progress, resume_dir=resume_dir
+    )
     seconds = time.perf_counter() - start
+    _publish_checkpoints(resume_dir, ckpt_dir)
     write_table(loss_log, out_dir / "train_log.csv")
     save_model(
         model,
@@ -66,6 +104,7 @@ def run(
             "git_revision": git_revision(),
         },
     )
+    shutil.rmtree(resume_dir)
     log.info(
         "trained %s in %.1f s, final loss %.3f", out_dir.name, seconds, loss_log["loss"].iloc[-1]
     )
