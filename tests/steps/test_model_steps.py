@@ -45,9 +45,20 @@ def test_make_dataset_writes_the_requested_shape(train_tokens, tmp_path):
 
 
 def test_make_dataset_names_bad_parameters(tmp_path):
-    with pytest.raises(ValueError, match="repeated_random"):
-        make_dataset.run("repeated_random", {"n_sequences": 5, "seq_len": 6}, tmp_path / "x.npy")
-    assert not (tmp_path / "x.npy").exists()
+    out = tmp_path / "x.npy"
+    with pytest.raises(ValueError) as err:
+        make_dataset.run("repeated_random", {"n_sequences": 5, "seq_len": 6}, out)
+    message = str(err.value)
+    assert message.startswith("dataset kind 'repeated_random': ")
+    assert "unknown parameter(s) ['seq_len']" in message  # the key that does not belong
+    assert "missing ['d_vocab', 'half_len', 'seed']" in message  # the keys it needs
+    with pytest.raises(ValueError, match="dataset kind 'repeated_random': half_len must be >= 2"):
+        make_dataset.run(
+            "repeated_random", {"n_sequences": 5, "half_len": 1, "d_vocab": 9, "seed": 0}, out
+        )
+    with pytest.raises(ValueError, match="unknown dataset kind 'brackets'"):
+        make_dataset.run("brackets", {}, out)
+    assert not out.exists()
 
 
 def test_train_model_writes_model_log_and_checkpoints(train_tokens, tmp_path):

@@ -7,6 +7,7 @@ offsets) and ``repeated_random`` (``[BOS] + r + r``, the induction-head probe).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -27,13 +28,21 @@ GENERATORS = {
 def run(kind: str, spec: dict, out: Path) -> None:
     if kind not in GENERATORS:
         raise ValueError(f"unknown dataset kind {kind!r}; expected one of {sorted(GENERATORS)}")
+    params = inspect.signature(GENERATORS[kind]).parameters
+    unknown = sorted(set(spec) - set(params))
+    missing = sorted(n for n, p in params.items() if p.default is p.empty and n not in spec)
+    if unknown or missing:
+        raise ValueError(
+            f"dataset kind {kind!r}: unknown parameter(s) {unknown}, missing {missing} "
+            f"(it takes {sorted(params)})"
+        )
     kwargs = dict(spec)
     if "span_len" in kwargs:
         kwargs["span_len"] = tuple(kwargs["span_len"])
     try:
         tokens = GENERATORS[kind](**kwargs)
-    except TypeError as err:
-        raise ValueError(f"dataset kind {kind!r}: bad parameters {sorted(spec)}: {err}") from err
+    except ValueError as err:
+        raise ValueError(f"dataset kind {kind!r}: {err}") from err
     save_tokens(tokens, out)
     log.info("wrote %s: %d sequences x %d positions", out, *tokens.shape)
 
