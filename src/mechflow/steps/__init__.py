@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 
@@ -47,3 +49,54 @@ def parse_and_run(
     args = parser.parse_args(argv)
     start(getattr(args, "threads", None))
     return run_with_flags(run, args)
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """argparse ``type=`` of a flag that carries a config section as JSON (a rule's params)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON ({err}): {text[:80]!r}") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text[:80]!r}")
+    return value
+
+
+# Inputs several steps share, declared once: name -> [(flags, argparse keywords), ...].
+SHARED_INPUTS: dict[str, list[tuple[tuple[str, ...], dict[str, Any]]]] = {
+    "model_dir": [
+        (
+            ("--model-dir",),
+            {"required": True, "type": Path, "help": "model.safetensors + config.json"},
+        )
+    ],
+    "repeated_tokens": [
+        (
+            ("--tokens",),
+            {"dest": "tokens_path", "required": True, "type": Path, "help": "[BOS]+r+r .npy"},
+        ),
+        (("--half-len",), {"required": True, "type": int, "help": "len(r)"}),
+    ],
+    "sae": [
+        (
+            ("--sae",),
+            {
+                "dest": "sae_dir",
+                "required": True,
+                "type": Path,
+                "help": "SAE directory (SAELens layout)",
+            },
+        ),
+        (("--store",), {"required": True, "type": Path, "help": "activation store (.zarr)"}),
+    ],
+}
+
+
+def step_parser(doc: str | None, *inputs: str) -> argparse.ArgumentParser:
+    """A step's parser (its module docstring as the description) with the shared ``inputs``
+    (keys of SHARED_INPUTS), so a flag several steps take is declared in one place."""
+    parser = argparse.ArgumentParser(description=doc)
+    for name in inputs:
+        for flags, kwargs in SHARED_INPUTS[name]:
+            parser.add_argument(*flags, **kwargs)
+    return parser

@@ -9,7 +9,6 @@ All ablations of a batch run in one forward pass over replicated copies of the b
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from mechflow.analysis.inputs import (
 )
 from mechflow.artifacts import write_table
 from mechflow.runtime import add_runtime_flags, pick_device
-from mechflow.steps import parse_and_run
+from mechflow.steps import parse_and_run, step_parser
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +67,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model-dir", required=True, type=Path)
-    parser.add_argument(
-        "--tokens", dest="tokens_path", required=True, type=Path, help="[BOS]+r+r .npy"
-    )
-    parser.add_argument("--half-len", required=True, type=int, help="len(r)")
+    parser = step_parser(__doc__, "model_dir", "repeated_tokens")
     parser.add_argument(
         "--batch-size",
         type=int,

@@ -7,7 +7,6 @@ A grokked model puts most of it on a handful of key frequencies.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from mechflow.artifacts import write_table
 from mechflow.experiments.grokking.fourier import embedding_fourier_norms
 from mechflow.experiments.grokking.inputs import read_run
 from mechflow.runtime import add_runtime_flags
-from mechflow.steps import parse_and_run
+from mechflow.steps import parse_and_run, step_parser
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +37,7 @@ def run(model_dir: Path, out: Path) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model-dir", required=True, type=Path)
+    parser = step_parser(__doc__, "model_dir")
     add_runtime_flags(parser)
     parser.add_argument("--out", required=True, type=Path, help="embedding_fourier.csv")
     parse_and_run(parser, run, argv)

@@ -14,7 +14,6 @@ frequency explains. Writes, in ``--out-dir``:
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from mechflow.experiments.grokking.fourier import (
 from mechflow.experiments.grokking.inputs import pair_maps, read_run
 from mechflow.plots.style import read_figure_table
 from mechflow.runtime import add_runtime_flags
-from mechflow.steps import parse_and_run
+from mechflow.steps import parse_and_run, step_parser
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +108,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model-dir", required=True, type=Path)
+    parser = step_parser(__doc__, "model_dir")
     parser.add_argument(
         "--embedding",
         dest="embedding_table",

@@ -11,7 +11,6 @@ The model name is the directory's name.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from mechflow.experiments.superposition.analysis import (
 )
 from mechflow.experiments.superposition.toy_model import load_toy_model
 from mechflow.runtime import add_runtime_flags
-from mechflow.steps import parse_and_run
+from mechflow.steps import parse_and_run, step_parser
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = step_parser(__doc__)
     parser.add_argument("--model-dir", required=True, type=Path, help="toy-model directory")
     parser.add_argument(
         "--threshold",

@@ -9,14 +9,13 @@ is a machine setting (speed and memory) and rerunning with another one redoes no
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 from mechflow.artifacts import file_sha256
 from mechflow.models.config import HOOK_NAME_PATTERN
 from mechflow.runtime import add_runtime_flags, pick_device, seed_everything
-from mechflow.steps import parse_and_run
+from mechflow.steps import parse_and_run, step_parser
 from mechflow.store.writer import COMPRESSIONS, DTYPES
 
 log = logging.getLogger(__name__)
@@ -79,8 +78,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model-dir", required=True, type=Path)
+    parser = step_parser(__doc__, "model_dir")
     parser.add_argument(
         "--tokens", dest="tokens_path", required=True, type=Path, help="(seq, pos) int .npy"
     )

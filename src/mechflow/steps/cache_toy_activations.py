@@ -8,7 +8,6 @@ like any language model's store. The ground truth (W's columns) stays in the mod
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 
 from mechflow.artifacts import config_hash, file_sha256
 from mechflow.runtime import add_runtime_flags, seed_everything
-from mechflow.steps import parse_and_run
+from mechflow.steps import parse_and_run, step_parser
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +69,7 @@ def run(model_dir: Path, out: Path, *, instance: int, n_samples: int, seed: int)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = step_parser(__doc__)
     parser.add_argument("--model-dir", required=True, type=Path, help="toy-model directory")
     parser.add_argument("--instance", required=True, type=int, help="instance; -1 = the last")
     parser.add_argument("--n-samples", required=True, type=int)

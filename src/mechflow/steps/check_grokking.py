@@ -7,7 +7,6 @@ that promises the paper's result stops when the run did not reproduce it.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from mechflow.artifacts import write_table
 from mechflow.experiments.grokking.checks import grokking_checks
 from mechflow.plots.style import check_columns, read_figure_table
 from mechflow.runtime import start
-from mechflow.steps import run_with_flags
+from mechflow.steps import run_with_flags, step_parser
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ def run(progress: Path, phases: Path, keys: Path, out: Path, enforce: bool = Fal
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = step_parser(__doc__)
     parser.add_argument("--progress", required=True, type=Path, help="progress.csv")
     parser.add_argument("--phases", required=True, type=Path, help="phases.csv")
     parser.add_argument(

@@ -11,7 +11,6 @@ when the SAE was trained without it.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pandas as pd
 from mechflow.analysis.inputs import check_tokens, read_model_config
 from mechflow.artifacts import write_table
 from mechflow.runtime import add_runtime_flags, pick_device
-from mechflow.steps import parse_and_run
+from mechflow.steps import parse_and_run, step_parser
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +85,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--sae", dest="sae_dir", required=True, type=Path, help="SAE directory (SAELens layout)"
-    )
-    parser.add_argument("--store", required=True, type=Path, help="activation store (.zarr)")
-    parser.add_argument("--model-dir", required=True, type=Path)
+    parser = step_parser(__doc__, "sae", "model_dir")
     parser.add_argument(
         "--tokens", dest="tokens_path", required=True, type=Path, help="(seq, pos) int .npy"
     )

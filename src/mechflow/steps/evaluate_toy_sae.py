@@ -8,7 +8,6 @@ Writes ``feature, importance, norm, represented, max_cosine, best_latent, recove
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 
 from mechflow.artifacts import write_table
 from mechflow.runtime import start
-from mechflow.steps import run_with_flags
+from mechflow.steps import run_with_flags, step_parser
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +71,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = step_parser(__doc__)
     parser.add_argument("--sae", dest="sae_dir", required=True, type=Path, help="SAE directory")
     parser.add_argument("--model-dir", required=True, type=Path, help="toy-model directory")
     parser.add_argument("--threshold", required=True, type=float)

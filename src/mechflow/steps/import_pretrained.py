@@ -6,13 +6,12 @@ downloaded. Without weights the job fails at once with a message saying where to
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 from mechflow.artifacts import git_revision, package_versions
 from mechflow.models.build import load_pretrained, save_model
-from mechflow.steps import parse_and_run
+from mechflow.steps import parse_and_run, step_parser
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +32,7 @@ def run(name: str, path: str | None, out_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = step_parser(__doc__)
     parser.add_argument("--name", required=True, help="TransformerLens model name, e.g. gpt2")
     parser.add_argument("--path", default=None, help="local Hugging Face model directory")
     parser.add_argument("--out-dir", required=True, type=Path)

@@ -6,16 +6,13 @@ offsets) and ``repeated_random`` (``[BOS] + r + r``, the induction-head probe).
 
 from __future__ import annotations
 
-import argparse
 import inspect
-import json
 import logging
 from pathlib import Path
 
 from mechflow.data import induction
 from mechflow.data.tokens import save_tokens
-from mechflow.runtime import start
-from mechflow.steps import run_with_flags
+from mechflow.steps import json_object, parse_and_run, step_parser
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +45,13 @@ def run(kind: str, spec: dict, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = step_parser(__doc__)
     parser.add_argument("--kind", required=True, choices=sorted(GENERATORS))
-    parser.add_argument("--spec", required=True, help="generator parameters as JSON")
+    parser.add_argument(
+        "--spec", required=True, type=json_object, help="generator parameters as JSON"
+    )
     parser.add_argument("--out", required=True, type=Path)
-    args = parser.parse_args(argv)
-    start()
-    args.spec = json.loads(args.spec)
-    run_with_flags(run, args)
+    parse_and_run(parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,6 @@ bias_2, loss, phase (not represented / dedicated dimension / superposition / unc
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import time
 from pathlib import Path
@@ -18,8 +16,8 @@ import pandas as pd
 
 from mechflow.artifacts import write_table
 from mechflow.experiments.superposition.analysis import PhaseMapConfig, map_phases
-from mechflow.runtime import add_runtime_flags, seed_everything, start
-from mechflow.steps import run_with_flags
+from mechflow.runtime import add_runtime_flags, seed_everything
+from mechflow.steps import json_object, parse_and_run, step_parser
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +34,11 @@ def run(config: dict, out: Path, progress: bool = True) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", required=True, help="PhaseMapConfig as JSON")
+    parser = step_parser(__doc__)
+    parser.add_argument("--config", required=True, type=json_object, help="PhaseMapConfig")
     add_runtime_flags(parser)
     parser.add_argument("--out", required=True, type=Path, help="phases.csv")
-    args = parser.parse_args(argv)
-    start(args.threads)
-    args.config = json.loads(args.config)
-    run_with_flags(run, args)
+    parse_and_run(parser, run, argv)
 
 
 if __name__ == "__main__":

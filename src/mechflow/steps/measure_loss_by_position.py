@@ -7,7 +7,6 @@ predict), ``loss`` the mean over sequences in nats.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from mechflow.analysis.inputs import (
 )
 from mechflow.artifacts import write_table
 from mechflow.runtime import add_runtime_flags, pick_device
-from mechflow.steps import parse_and_run
+from mechflow.steps import parse_and_run, step_parser
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +60,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model-dir", required=True, type=Path)
-    parser.add_argument(
-        "--tokens", dest="tokens_path", required=True, type=Path, help="[BOS]+r+r .npy"
-    )
-    parser.add_argument("--half-len", required=True, type=int, help="len(r)")
+    parser = step_parser(__doc__, "model_dir", "repeated_tokens")
     parser.add_argument("--batch-size", required=True, type=int)
     add_runtime_flags(parser, device=True)
     parser.add_argument("--out", required=True, type=Path, help="loss_by_position.csv")

@@ -10,7 +10,6 @@ end_epoch): memorisation, circuit formation and cleanup, with boundaries read fr
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 from pathlib import Path
@@ -26,7 +25,7 @@ from mechflow.experiments.grokking.workflow import MIN_PROGRESS_CHECKPOINTS
 from mechflow.models.checkpoints import iter_checkpoint_models
 from mechflow.plots.style import check_columns, read_figure_table
 from mechflow.runtime import add_runtime_flags
-from mechflow.steps import parse_and_run
+from mechflow.steps import parse_and_run, step_parser
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +88,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model-dir", required=True, type=Path)
+    parser = step_parser(__doc__, "model_dir")
     parser.add_argument(
         "--key-frequencies", dest="key_table", required=True, type=Path, help="key_frequencies.csv"
     )

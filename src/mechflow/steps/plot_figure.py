@@ -8,7 +8,6 @@ settings as ``--option NAME=VALUE``. Figures never touch a model.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
 from pathlib import Path
@@ -23,6 +22,7 @@ from mechflow.plots.style import (
     svg_path,
 )
 from mechflow.runtime import start
+from mechflow.steps import step_parser
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = step_parser(__doc__)
     parser.add_argument(
         "--figure", required=True, help="<experiment>.<figure>, e.g. grokking.grokking_curves"
     )

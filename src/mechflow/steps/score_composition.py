@@ -8,7 +8,6 @@ of random Gaussian low-rank matrices of the same shapes. A one-layer model gives
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pandas as pd
 from mechflow.analysis.inputs import model_name, read_model_config
 from mechflow.artifacts import write_table
 from mechflow.runtime import add_runtime_flags, seed_everything
-from mechflow.steps import parse_and_run
+from mechflow.steps import parse_and_run, step_parser
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +56,7 @@ def run(model_dir: Path, out: Path, *, baseline_samples: int, seed: int) -> pd.D
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model-dir", required=True, type=Path)
+    parser = step_parser(__doc__, "model_dir")
     parser.add_argument("--baseline-samples", required=True, type=int)
     parser.add_argument("--seed", required=True, type=int)
     add_runtime_flags(parser)

@@ -8,7 +8,6 @@ the d_head × d_head inner product (FactoredMatrix), never the d_vocab × d_voca
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pandas as pd
 from mechflow.analysis.inputs import model_name, read_model_config
 from mechflow.artifacts import write_table
 from mechflow.runtime import add_runtime_flags
-from mechflow.steps import parse_and_run
+from mechflow.steps import parse_and_run, step_parser
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +43,7 @@ def run(model_dir: Path, out: Path) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model-dir", required=True, type=Path)
+    parser = step_parser(__doc__, "model_dir")
     add_runtime_flags(parser)
     parser.add_argument("--out", required=True, type=Path, help="copying.csv")
     parse_and_run(parser, run, argv)

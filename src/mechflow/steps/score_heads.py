@@ -7,7 +7,6 @@ activation store (which must come from this model and this token file) and write
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from mechflow.analysis.inputs import (
 )
 from mechflow.artifacts import file_sha256, write_table
 from mechflow.runtime import add_runtime_flags
-from mechflow.steps import parse_and_run
+from mechflow.steps import parse_and_run, step_parser
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +68,8 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = step_parser(__doc__, "model_dir")
     parser.add_argument("--store", required=True, type=Path, help="activation store (.zarr)")
-    parser.add_argument("--model-dir", required=True, type=Path)
     parser.add_argument(
         "--tokens", dest="tokens_path", required=True, type=Path, help="the cached [BOS]+r+r .npy"
     )

@@ -18,13 +18,12 @@ Position 0 (BOS) is left out when the SAE was trained without it, as in evaluate
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 from mechflow.artifacts import write_table
 from mechflow.runtime import add_runtime_flags, pick_device
-from mechflow.steps import parse_and_run
+from mechflow.steps import parse_and_run, step_parser
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +88,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--sae", dest="sae_dir", required=True, type=Path, help="SAE directory (SAELens layout)"
-    )
-    parser.add_argument("--store", required=True, type=Path, help="activation store (.zarr)")
-    parser.add_argument("--model-dir", required=True, type=Path)
+    parser = step_parser(__doc__, "sae", "model_dir")
     parser.add_argument(
         "--latents", type=int, nargs="+", default=None, help="latents to show (default: chosen)"
     )

@@ -12,7 +12,6 @@ about the same fractions of the context.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pandas as pd
 from mechflow.analysis.inputs import check_repeated, check_tokens, model_name, read_model_config
 from mechflow.artifacts import write_table
 from mechflow.runtime import add_runtime_flags, pick_device
-from mechflow.steps import parse_and_run
+from mechflow.steps import parse_and_run, step_parser
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +82,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model-dir", required=True, type=Path)
+    parser = step_parser(__doc__, "model_dir")
     parser.add_argument("--checkpoints-dir", required=True, type=Path)
     parser.add_argument(
         "--eval-tokens", dest="eval_tokens_path", required=True, type=Path, help="[BOS]+r+r .npy"

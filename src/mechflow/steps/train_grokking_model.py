@@ -8,7 +8,6 @@ The architecture's n_ctx, d_vocab and d_vocab_out follow from the modulus.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -28,8 +27,8 @@ from mechflow.models.build import build_model, save_model, save_weights
 from mechflow.models.checkpoints import checkpoint_name
 from mechflow.models.config import FullBatchTrainingConfig
 from mechflow.models.train_full_batch import train_full_batch
-from mechflow.runtime import add_runtime_flags, pick_device, seed_everything, start
-from mechflow.steps import run_with_flags
+from mechflow.runtime import add_runtime_flags, pick_device, seed_everything
+from mechflow.steps import json_object, parse_and_run, step_parser
 
 log = logging.getLogger(__name__)
 
@@ -92,19 +91,19 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = step_parser(__doc__)
     parser.add_argument("--modulus", required=True, type=int, help="p, an odd prime")
     parser.add_argument("--train-fraction", required=True, type=float)
     parser.add_argument("--data-seed", required=True, type=int, help="seed of the train/test split")
-    parser.add_argument("--architecture", required=True, help="Architecture fields as JSON")
-    parser.add_argument("--training", required=True, help="FullBatchTrainingConfig as JSON")
+    parser.add_argument(
+        "--architecture", required=True, type=json_object, help="Architecture fields as JSON"
+    )
+    parser.add_argument(
+        "--training", required=True, type=json_object, help="FullBatchTrainingConfig as JSON"
+    )
     add_runtime_flags(parser, device=True)
     parser.add_argument("--out-dir", required=True, type=Path)
-    args = parser.parse_args(argv)
-    start(args.threads)
-    args.architecture = json.loads(args.architecture)
-    args.training = json.loads(args.training)
-    run_with_flags(run, args)
+    parse_and_run(parser, run, argv)
 
 
 if __name__ == "__main__":

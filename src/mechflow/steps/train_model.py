@@ -8,7 +8,6 @@ state is kept in ``<out-dir>/resume/``, deleted on success) and ends with the sa
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -22,7 +21,8 @@ from mechflow.models.build import build_model, save_model, save_weights
 from mechflow.models.checkpoints import checkpoint_name
 from mechflow.models.config import Architecture, TrainingConfig
 from mechflow.models.train import train
-from mechflow.runtime import add_runtime_flags, pick_device, seed_everything, start
+from mechflow.runtime import add_runtime_flags, pick_device, seed_everything
+from mechflow.steps import json_object, parse_and_run, step_parser
 
 log = logging.getLogger(__name__)
 
@@ -111,21 +111,17 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--architecture", required=True, help="Architecture as JSON")
-    parser.add_argument("--training", required=True, help="TrainingConfig as JSON")
-    parser.add_argument("--tokens", required=True, type=Path)
+    parser = step_parser(__doc__)
+    parser.add_argument(
+        "--architecture", required=True, type=json_object, help="Architecture as JSON"
+    )
+    parser.add_argument(
+        "--training", required=True, type=json_object, help="TrainingConfig as JSON"
+    )
+    parser.add_argument("--tokens", dest="tokens_path", required=True, type=Path)
     add_runtime_flags(parser, device=True)
     parser.add_argument("--out-dir", required=True, type=Path)
-    args = parser.parse_args(argv)
-    start(args.threads)
-    run(
-        json.loads(args.architecture),
-        json.loads(args.training),
-        args.tokens,
-        args.out_dir,
-        args.device,
-    )
+    parse_and_run(parser, run, argv)
 
 
 if __name__ == "__main__":

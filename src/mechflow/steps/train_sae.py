@@ -11,7 +11,6 @@ keys). A killed run resumes from ``--checkpoint`` (default ``<out>.ckpt.pt``), d
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 from mechflow.artifacts import write_table
 from mechflow.runtime import add_runtime_flags, pick_device, start
 from mechflow.saes.config import SAEConfig
-from mechflow.steps import run_with_flags
+from mechflow.steps import run_with_flags, step_parser
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +116,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = step_parser(__doc__)
     parser.add_argument("--store", required=True, type=Path, help="activation store (.zarr)")
     parser.add_argument("--hook", required=True, help="full TransformerLens hook name")
     parser.add_argument(

@@ -7,8 +7,6 @@ feature_probability, loss, lr) into ``--out-dir``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import time
 from pathlib import Path
@@ -19,8 +17,8 @@ from mechflow.experiments.superposition.toy_model import (
     save_toy_model,
     train_toy_model,
 )
-from mechflow.runtime import add_runtime_flags, seed_everything, start
-from mechflow.steps import run_with_flags
+from mechflow.runtime import add_runtime_flags, seed_everything
+from mechflow.steps import json_object, parse_and_run, step_parser
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +61,11 @@ def run(config: dict, out_dir: Path, progress: bool = True) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", required=True, help="ToyModelConfig as JSON")
+    parser = step_parser(__doc__)
+    parser.add_argument("--config", required=True, type=json_object, help="ToyModelConfig")
     add_runtime_flags(parser)
     parser.add_argument("--out-dir", required=True, type=Path)
-    args = parser.parse_args(argv)
-    start(args.threads)
-    args.config = json.loads(args.config)
-    run_with_flags(run, args)
+    parse_and_run(parser, run, argv)
 
 
 if __name__ == "__main__":
