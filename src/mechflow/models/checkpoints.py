@@ -3,17 +3,20 @@ model at each of them: built once, with each checkpoint's weights loaded into it
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
+
+log = logging.getLogger(__name__)
 
 
 def checkpoint_name(index: int, unit: str = "step") -> str:
@@ -51,3 +54,21 @@ def iter_checkpoint_models(
         else:
             model.load_state_dict(load_file(str(path), device=str(device)), strict=True)
         yield index, model
+
+
+def load_resume_state(
+    path: str | os.PathLike | None, *, identity: str, format: int, map_location: Any = "cpu"
+) -> dict[str, Any] | None:
+    """A trainer's saved loop state, or None (start afresh) when there is none, it cannot be
+    read (torn, foreign), or it was written by another format, config or data (``identity``)."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a torn or foreign file: start afresh
+        log.warning("ignoring unreadable resume state %s (%s)", path, err)
+        return None
+    if state.get("format") != format or state.get("identity") != identity:
+        log.info("resume state %s is from another run (config or data); starting afresh", path)
+        return None
+    return state

@@ -24,6 +24,7 @@ from jaxtyping import Int
 from tqdm.auto import tqdm
 
 from mechflow.artifacts import atomic_path, config_hash
+from mechflow.models.checkpoints import load_resume_state
 from mechflow.models.config import TrainingConfig
 
 if TYPE_CHECKING:
@@ -102,7 +103,9 @@ def train(
     if resume_dir is not None:
         resume_dir = Path(resume_dir)
         identity = run_identity(model, data, cfg)
-        state = _read_resume_state(resume_dir, identity)
+        state = load_resume_state(
+            resume_dir / RESUME_STATE, identity=identity, format=RESUME_FORMAT
+        )
         if state is None:
             shutil.rmtree(resume_dir, ignore_errors=True)
             resume_dir.mkdir(parents=True)
@@ -185,18 +188,3 @@ def _write_resume_state(resume_dir, identity, step, model, optimizer, scheduler,
     with atomic_path(Path(resume_dir) / RESUME_STATE) as tmp:
         torch.save(state, tmp)
     log.debug("resume state at step %d in %s", step, resume_dir)
-
-
-def _read_resume_state(resume_dir: Path, identity: str) -> dict[str, Any] | None:
-    path = resume_dir / RESUME_STATE
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - a foreign or damaged file: start afresh
-        log.warning("ignoring unreadable resume state %s (%s)", path, err)
-        return None
-    if state.get("format") != RESUME_FORMAT or state.get("identity") != identity:
-        log.info("resume state %s is from another run; starting afresh", path)
-        return None
-    return state

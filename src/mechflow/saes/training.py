@@ -24,7 +24,6 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -34,6 +33,7 @@ from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from mechflow.artifacts import atomic_path, config_hash
+from mechflow.models.checkpoints import load_resume_state
 from mechflow.saes import build_sae
 from mechflow.saes.config import SAEConfig
 
@@ -365,7 +365,9 @@ def train_sae(
     rows: list[dict[str, float]] = []
     start = 0
     scale = None
-    state = _read_checkpoint(checkpoint, identity, device)
+    state = load_resume_state(
+        checkpoint, identity=identity, format=CHECKPOINT_FORMAT, map_location=device
+    )
     if state is not None:
         sae.load_state_dict(state["sae"])
         optimizer.load_state_dict(state["optimizer"])
@@ -527,17 +529,3 @@ def _write_checkpoint(
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
     log.info("checkpoint at step %d: %s", step, path)
-
-
-def _read_checkpoint(path, identity: str, device: torch.device) -> dict[str, Any] | None:
-    if path is None or not Path(path).is_file():
-        return None
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - a torn or foreign file: start afresh
-        log.warning("ignoring unreadable checkpoint %s (%s)", path, err)
-        return None
-    if state.get("format") != CHECKPOINT_FORMAT or state.get("identity") != identity:
-        log.info("checkpoint %s is from another config or data; starting afresh", path)
-        return None
-    return state
