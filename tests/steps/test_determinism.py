@@ -207,7 +207,7 @@ def test_resume_state_of_another_config_is_not_used(tokens, tmp_path, monkeypatc
         with pytest.raises(Killed):
             train_model.run(ARCH, TRAINING, tokens, out, device="cpu", progress=False)
     other = {**TRAINING, "lr": 0.02, "checkpoints": [0, 15, 30]}
-    with caplog.at_level(logging.INFO, logger="mechflow.models.train"):
+    with caplog.at_level(logging.INFO, logger="mechflow.models"):  # train and its checkpoints
         train_model.run(ARCH, other, tokens, out, device="cpu", progress=False)
     assert "another run" in caplog.text and "resuming" not in caplog.text
     straight = tmp_path / "straight"
