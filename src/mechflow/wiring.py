@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import json
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -85,10 +86,6 @@ def dataset_path(name: str) -> str:
     return f"{RESULTS}/datasets/{name}.npy"
 
 
-def model_dir(name: str) -> str:
-    return f"{RESULTS}/models/{name}"
-
-
 def activation_store(model: str, dataset: str) -> str:
     return f"{RESULTS}/activations/{model}/{dataset}.zarr"
 
@@ -122,6 +119,16 @@ def training_config(training: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
+def checked_architecture(config: dict[str, Any], model: str) -> Architecture | None:
+    """A trained model's architecture for the cross-key checks; None when the model is unknown,
+    pretrained (known only after loading) or its architecture invalid (reported with the model)."""
+    spec = config.get("models", {}).get(model)
+    try:
+        return architecture_of(spec) if spec is not None else None
+    except ValueError:
+        return None
+
+
 def expand_hooks(patterns: list[str], available: list[str]) -> list[str]:
     """Expand shell-style patterns (``blocks.*.attn.hook_pattern``) against a model's hook names."""
     out: list[str] = []
@@ -141,8 +148,6 @@ def sequence_length(dataset: dict[str, Any]) -> int:
 
 def alternation(names: list[str]) -> str:
     """A regex matching exactly these names (or nothing when there are none)."""
-    import re
-
     return "|".join(re.escape(n) for n in names) if names else "(?!)"
 
 
@@ -178,18 +183,11 @@ class Workflow:
     def architecture(self, model: str) -> Architecture | None:
         return architecture_of(self.models[model])
 
-    def n_layers(self, model: str) -> int | None:
-        """Layers of a model when known before it exists (trained models); None for pretrained."""
-        arch = self.architecture(model)
-        return arch.n_layers if arch else None
-
     def wildcard_constraints(self) -> dict[str, str]:
         values = {"dataset": list(self.datasets), "model": list(self.models)}
         for experiment in self.experiments.values():
             for name, allowed in experiment.wildcards().items():
-                values[name] = values.get(name, []) + [
-                    v for v in allowed if v not in values.get(name, [])
-                ]
+                values[name] = list(dict.fromkeys([*values.get(name, []), *allowed]))
         return {name: alternation(allowed) for name, allowed in values.items()}
 
     def targets(self) -> list[str]:
@@ -252,10 +250,7 @@ class Workflow:
             if name not in self.models:
                 problems.append(f"activations.extra_hooks: unknown model {name!r}")
                 continue
-            try:
-                arch = architecture_of(self.models[name])
-            except ValueError:
-                continue  # reported with the model
+            arch = checked_architecture(self.config, name)
             if arch is None:
                 continue
             for hook in hooks:
@@ -312,15 +307,9 @@ def check_fits(
     config: dict[str, Any], where: str, dataset_name: str, model_name: str, problems: list[str]
 ) -> None:
     """A dataset's sequences and tokens must fit the model that reads them."""
-    spec = config.get("models", {}).get(model_name)
+    arch = checked_architecture(config, model_name)
     dataset = config.get("datasets", {}).get(dataset_name)
-    if spec is None or dataset is None:
-        return
-    try:
-        arch = architecture_of(spec)
-    except ValueError:
-        return  # reported with the model
-    if arch is None:
+    if arch is None or dataset is None:
         return
     if sequence_length(dataset) > arch.n_ctx:
         problems.append(

@@ -10,6 +10,21 @@ from pathlib import Path
 from typing import Any
 
 
+def keyword_mismatch(func: Callable[..., Any], given: Iterable[str]) -> tuple[list[str], list[str]]:
+    """The keywords in ``given`` that ``func`` does not take, and its required ones not given."""
+    params = inspect.signature(func).parameters
+    given = set(given)
+    unknown = sorted(given - set(params))
+    missing = sorted(
+        name
+        for name, param in params.items()
+        if param.default is param.empty
+        and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
+        and name not in given
+    )
+    return unknown, missing
+
+
 def run_with_flags(
     run: Callable[..., Any], args: argparse.Namespace, *, machine: Iterable[str] = ("threads",)
 ) -> Any:
@@ -22,18 +37,10 @@ def run_with_flags(
     """
     skip = set(machine)
     kwargs = {name: value for name, value in vars(args).items() if name not in skip}
-    params = inspect.signature(run).parameters
     step = f"{run.__module__}.{run.__qualname__}"
-    unknown = sorted(set(kwargs) - set(params))
+    unknown, missing = keyword_mismatch(run, kwargs)
     if unknown:
         raise TypeError(f"{step}: flags {unknown} match no run() parameter (use dest=)")
-    missing = sorted(
-        name
-        for name, param in params.items()
-        if param.default is param.empty
-        and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
-        and name not in kwargs
-    )
     if missing:
         raise TypeError(f"{step}: run() parameters {missing} have no flag")
     return run(**kwargs)

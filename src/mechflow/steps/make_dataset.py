@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mechflow.data import induction
 from mechflow.data.tokens import save_tokens
-from mechflow.steps import json_object, parse_and_run, step_parser
+from mechflow.steps import json_object, keyword_mismatch, parse_and_run, step_parser
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +25,12 @@ GENERATORS = {
 def run(kind: str, spec: dict, out: Path) -> None:
     if kind not in GENERATORS:
         raise ValueError(f"unknown dataset kind {kind!r}; expected one of {sorted(GENERATORS)}")
-    params = inspect.signature(GENERATORS[kind]).parameters
-    unknown = sorted(set(spec) - set(params))
-    missing = sorted(n for n, p in params.items() if p.default is p.empty and n not in spec)
+    unknown, missing = keyword_mismatch(GENERATORS[kind], spec)
     if unknown or missing:
+        takes = sorted(inspect.signature(GENERATORS[kind]).parameters)
         raise ValueError(
             f"dataset kind {kind!r}: unknown parameter(s) {unknown}, missing {missing} "
-            f"(it takes {sorted(params)})"
+            f"(it takes {takes})"
         )
     kwargs = dict(spec)
     if "span_len" in kwargs:

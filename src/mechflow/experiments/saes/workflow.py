@@ -6,7 +6,13 @@ from typing import Any
 
 from mechflow.experiments.base import Experiment
 from mechflow.models.config import Architecture, hook_names
-from mechflow.wiring import RESULTS, activation_store, architecture_of, as_json, dataset_path
+from mechflow.wiring import (
+    RESULTS,
+    activation_store,
+    as_json,
+    checked_architecture,
+    dataset_path,
+)
 
 TOY_HOOK = "hook_hidden"  # the toy model's hidden layer, cached as an ordinary store
 SWEEP_KNOBS = {
@@ -88,14 +94,9 @@ class Wiring(Experiment):
             where = f"experiments.{self.name}.language_model"
             datasets, models = config.get("datasets", {}), config.get("models", {})
             model = lm["model"]
-            arch = None
             if model not in models:
                 problems.append(f"{where}.model: unknown model {model!r}")
-            else:
-                try:
-                    arch = architecture_of(models[model])
-                except ValueError:
-                    pass  # reported with the model
+            arch = checked_architecture(config, model)
             for key in ("dataset", "eval_dataset"):
                 if lm[key] not in datasets:
                     problems.append(f"{where}.{key}: unknown dataset {lm[key]!r}")
