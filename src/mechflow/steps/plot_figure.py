@@ -59,8 +59,7 @@ def run(
     kind = figure_kind(figure)
     svg_path(out)  # reject a bad --out before reading anything
     options = options or {}
-    unknown = sorted(set(tables) - set(kind.tables)) or sorted(set(kind.tables) - set(tables))
-    if unknown:
+    if set(tables) != set(kind.tables):  # a missing or an extra table
         raise ValueError(
             f"--table: {figure} takes tables {sorted(kind.tables)}, got {sorted(tables)}"
         )

@@ -6,10 +6,6 @@ from mechflow.experiments.base import Experiment
 from mechflow.wiring import RESULTS, as_json
 
 
-def toy_model_dir(toy: str) -> str:
-    return f"{RESULTS}/superposition/models/{toy}"
-
-
 class Wiring(Experiment):
     name = "superposition"
 
