@@ -89,9 +89,15 @@ def go_offline() -> None:
 
 
 def setup_logging(verbose: bool = False) -> None:
+    """INFO and up to stderr, which a rule redirects to the job's log: the steps' messages and
+    the progress lines of long loops (``mechflow.progress``; tqdm bars only on a terminal).
+
+    A no-op when the root logger already has handlers (pytest's, a caller's own setup).
+    """
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
 
 

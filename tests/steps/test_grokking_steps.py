@@ -65,6 +65,7 @@ def tiny_run(tmp_path_factory):
 
 def test_tiny_run_memorises_and_records_everything(tiny_run):
     log = pd.read_csv(tiny_run / "train_log.csv")
+    assert not (tiny_run / "train_log.partial.csv").exists()  # the live log, once it is written
     assert log.epoch.iloc[-1] == 150
     assert log.train_accuracy.iloc[-1] == 1.0, "full-batch AdamW must fit 144 training pairs"
     assert log.train_loss.iloc[-1] < 0.05 < log.train_loss.iloc[0]

@@ -21,6 +21,7 @@ import torch
 from jaxtyping import Float, Int
 
 from mechflow.analysis.losses import token_batches
+from mechflow.progress import Progress
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -70,11 +71,14 @@ def mean_head_outputs(
     """Mean of every layer's ``hook_z`` over the sequences, at each position."""
     names = [z_hook_name(layer) for layer in range(model.cfg.n_layers)]
     total = None
-    for batch in token_batches(tokens, batch_size, device, progress, desc="mean z"):
+    bar = Progress(total=len(tokens), desc="mean z", unit="sequence", enabled=progress, logger=log)
+    for batch in token_batches(tokens, batch_size, device):
         _, cache = model.run_with_cache(batch, names_filter=names, return_type=None)
         z = torch.stack([cache[name] for name in names])  # layer batch pos head_index d_head
         batch_total = z.sum(1, dtype=torch.float64)
         total = batch_total if total is None else total + batch_total
+        bar.update(len(batch))
+    bar.close()
     return (total / len(tokens)).to(model.cfg.dtype)
 
 
@@ -163,7 +167,10 @@ def head_ablation_losses(
     chunks = [ablations[i : i + per_pass] for i in range(0, len(ablations), per_pass)]
     clean_total = 0.0
     totals = torch.zeros(len(ablations), dtype=torch.float64)
-    for batch in token_batches(tokens, batch_size, device, progress, desc="ablate"):
+    bar = Progress(
+        total=len(tokens), desc="head ablations", unit="sequence", enabled=progress, logger=log
+    )
+    for batch in token_batches(tokens, batch_size, device):
         clean = model(batch, return_type="loss", loss_per_token=True)[:, positions].mean(-1)
         clean_total += clean.sum(dtype=torch.float64).item()
         start = 0
@@ -171,5 +178,7 @@ def head_ablation_losses(
             loss = ablated_loss(model, batch, chunk, positions, mean_z)  # copy batch
             totals[start : start + len(chunk)] += loss.sum(1, dtype=torch.float64).cpu()
             start += len(chunk)
+        bar.update(len(batch))
+    bar.close()
     n = len(tokens)
     return clean_total / n, {a: float(t) / n for a, t in zip(ablations, totals, strict=True)}

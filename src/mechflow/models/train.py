@@ -21,11 +21,11 @@ import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Int
-from tqdm.auto import tqdm
 
 from mechflow.artifacts import atomic_path, config_hash
 from mechflow.models.checkpoints import load_resume_state
 from mechflow.models.config import TrainingConfig
+from mechflow.progress import Progress
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -65,10 +65,14 @@ def train(
     on_checkpoint: Callable[[int, HookedTransformer], None] | None = None,
     progress: bool = True,
     resume_dir: str | os.PathLike | None = None,
+    on_log: Callable[[list[dict[str, Any]]], None] | None = None,
+    desc: str = "train",
 ) -> pd.DataFrame:
     """Train in place; call ``on_checkpoint(step, model)`` at each configured step.
 
-    Step 0 is the initialisation. Returns the loss log (long format: step, loss, lr).
+    Step 0 is the initialisation. Returns the loss log (long format: step, loss, lr); each row
+    is handed to ``on_log`` as it is logged (a resumed run's earlier rows first, in one call).
+    Progress (``desc``: its label) is reported unless ``progress`` is False.
 
     With ``resume_dir``, the loop's state is saved there after each checkpoint but the last
     (once ``on_checkpoint`` has returned), and a call whose config, initial weights, tokens and
@@ -118,17 +122,20 @@ def train(
                 torch.cuda.set_rng_state(state["cuda_rng"], device)
             rows, start = list(state["log"]), int(state["step"])
             log.info("resuming from %s at step %d of %d", resume_dir, start, cfg.steps)
+    if on_log is not None:
+        on_log(list(rows))
     model.train()
     if start == 0 and 0 in checkpoints and on_checkpoint is not None:
         on_checkpoint(0, model)
-    # disable=None: tqdm hides itself when stderr is not a TTY (Snakemake logs stay clean)
-    bar = tqdm(
+    bar = Progress(
         range(start + 1, cfg.steps + 1),
-        initial=start,
         total=cfg.steps,
-        desc="train",
-        disable=None if progress else True,
-        mininterval=2,
+        initial=start,
+        desc=desc,
+        rate_unit="tokens",
+        rate_scale=cfg.batch_size * data.shape[1],
+        enabled=progress,
+        logger=log,
     )
     for step in bar:
         batch = data[order[step - 1]].to(device)  # batch pos
@@ -142,6 +149,8 @@ def train(
         if step % cfg.log_every == 0 or step == cfg.steps:
             rows.append({"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]})
             bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}")
+            if on_log is not None:
+                on_log(rows[-1:])
         if step in checkpoints:
             if on_checkpoint is not None:
                 on_checkpoint(step, model)

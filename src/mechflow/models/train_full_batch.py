@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
-from tqdm.auto import tqdm
 
 from mechflow.models.config import FullBatchTrainingConfig
+from mechflow.progress import Progress
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -52,11 +52,14 @@ def train_full_batch(
     cfg: FullBatchTrainingConfig,
     on_checkpoint: Callable[[int, HookedTransformer], None] | None = None,
     progress: bool = True,
+    on_log: Callable[[list[dict[str, Any]]], None] | None = None,
+    desc: str = "train",
 ) -> pd.DataFrame:
     """Train in place; call ``on_checkpoint(epoch, model)`` at each configured epoch (0 = init).
 
     Returns the log: one row every ``log_every`` epochs (and the last) with train and test
-    loss/accuracy, measured before that epoch's update.
+    loss/accuracy, measured before that epoch's update; each row is handed to ``on_log`` as it
+    is logged. Progress (``desc``: its label) counts updates, unless ``progress`` is False.
     """
     if int(inputs.max()) >= model.cfg.d_vocab:
         raise ValueError(f"token id {int(inputs.max())} >= d_vocab={model.cfg.d_vocab}")
@@ -74,10 +77,8 @@ def train_full_batch(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: min(1.0, (e + 1) / warmup))
     checkpoints = set(cfg.checkpoints)
     rows = []
-    bar = tqdm(
-        range(cfg.epochs + 1), desc="train", disable=None if progress else True, mininterval=2
-    )
-    for epoch in bar:
+    bar = Progress(total=cfg.epochs, desc=desc, unit="epoch", enabled=progress, logger=log)
+    for epoch in range(cfg.epochs + 1):
         if epoch in checkpoints and on_checkpoint is not None:
             on_checkpoint(epoch, model)
         model.train()
@@ -98,12 +99,20 @@ def train_full_batch(
                     "lr": scheduler.get_last_lr()[0],
                 }
             )
-            bar.set_postfix(train=f"{loss.item():.2e}", test=f"{test_loss.item():.2e}")
+            bar.set_postfix(
+                train_loss=f"{loss.item():.2e}",
+                test_loss=f"{test_loss.item():.2e}",
+                test_accuracy=f"{test_acc:.3f}",
+            )
+            if on_log is not None:
+                on_log(rows[-1:])
         if epoch == cfg.epochs:
             break  # the last row describes the final weights; no update after it
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
+        bar.update()
+    bar.close()
     model.eval()
     return pd.DataFrame(rows, columns=LOG_COLUMNS)

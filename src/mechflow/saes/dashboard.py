@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float
-from tqdm.auto import tqdm
 
+from mechflow.progress import Progress
 from mechflow.saes.base import SparseAutoencoder
 
 if TYPE_CHECKING:
@@ -74,14 +74,14 @@ def _token_batches(
     array = store.array(hook)
     n_seq = int(array.shape[0])
     d_in = int(np.prod(array.shape[2:]))
-    starts = range(0, n_seq, batch_size)
-    # disable=None: tqdm hides itself when stderr is not a TTY (Snakemake logs stay clean)
-    for start in tqdm(starts, desc=desc, disable=None, leave=False):
-        block = array[start : min(start + batch_size, n_seq)]  # seq pos ...
-        if skip_bos:
-            block = block[:, 1:]
-        flat = np.ascontiguousarray(block).reshape(-1, d_in)  # tokens d_in
-        yield start, torch.from_numpy(flat).to(torch.float32)
+    with Progress(total=n_seq, desc=desc, unit="sequence", logger=log) as bar:
+        for start in range(0, n_seq, batch_size):
+            block = array[start : min(start + batch_size, n_seq)]  # seq pos ...
+            if skip_bos:
+                block = block[:, 1:]
+            flat = np.ascontiguousarray(block).reshape(-1, d_in)  # tokens d_in
+            yield start, torch.from_numpy(flat).to(torch.float32)
+            bar.update(len(block))
 
 
 def _n_positions(store: ActivationStore, hook: str, skip_bos: bool) -> tuple[int, int]:
@@ -108,7 +108,9 @@ def latent_statistics(
     high = torch.zeros(sae.d_sae, device=device)
     low = torch.full((sae.d_sae,), float("inf"), device=device)
     n = 0
-    batches = _token_batches(store, hook, skip_bos=skip_bos, batch_size=batch_size, desc="stats")
+    batches = _token_batches(
+        store, hook, skip_bos=skip_bos, batch_size=batch_size, desc="latent statistics"
+    )
     for _, x in batches:
         acts = sae.encode(x.to(device))  # tokens d_sae
         active = acts != 0

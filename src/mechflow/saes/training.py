@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import queue
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,10 +29,10 @@ import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float
-from tqdm.auto import tqdm
 
 from mechflow.artifacts import atomic_path, config_hash
 from mechflow.models.checkpoints import load_resume_state
+from mechflow.progress import Progress
 from mechflow.saes import build_sae
 from mechflow.saes.config import SAEConfig
 
@@ -349,11 +348,15 @@ def train_sae(
     progress: bool = True,
     prefetch: bool = True,
     on_step: Callable[[int], None] | None = None,
+    on_log: Callable[[list[dict[str, float]]], None] | None = None,
+    desc: str | None = None,
 ) -> TrainResult:
     """Train an SAE of ``cfg`` on ``source``; resume from ``checkpoint`` when it matches.
 
     Raises FloatingPointError when the loss stops being finite (no checkpoint is written past
     that point). ``on_step(step)`` runs after each step (tests use it to simulate a kill).
+    Each log row is handed to ``on_log`` as it is logged (a resumed run's earlier rows first,
+    in one call). Progress is labelled ``desc`` (default: the architecture).
     """
     device = torch.device(device)
     if source.d_in != cfg.d_in:
@@ -375,6 +378,8 @@ def train_sae(
         rows = list(state["log"])
         start, scale = int(state["step"]), float(state["input_scale"])
         log.info("resuming from %s at step %d of %d", checkpoint, start, cfg.total_steps)
+    if on_log is not None:
+        on_log(list(rows))
 
     B, total = cfg.batch_size, cfg.total_steps
     stream = iter(
@@ -391,7 +396,7 @@ def train_sae(
     try:
         return _train_steps(
             cfg, sae, optimizer, stream, start, total, scale, device, since_fired, rows,
-            checkpoint, identity, progress, on_step,
+            checkpoint, identity, progress, on_step, on_log, desc or f"SAE {cfg.architecture}",
         )  # fmt: skip
     finally:
         stream.close()  # stops the prefetch thread before the caller (or the process) moves on
@@ -399,7 +404,7 @@ def train_sae(
 
 def _train_steps(
     cfg, sae, optimizer, stream, start, total, scale, device, since_fired, rows,
-    checkpoint, identity, progress, on_step,
+    checkpoint, identity, progress, on_step, on_log, desc,
 ) -> TrainResult:  # fmt: skip
     B = cfg.batch_size
     unit = cfg.decoder_norm == "unit"
@@ -416,14 +421,15 @@ def _train_steps(
         sae.init_b_dec_((sample * scale).to(device))
         del sample
         batches = itertools.chain(head, batches)
-    bar = tqdm(
+    bar = Progress(
         range(start, total),
-        initial=start,
         total=total,
-        desc=f"SAE {cfg.architecture}",
-        unit="step",
-        disable=not progress or not sys.stderr.isatty(),
-        mininterval=2,
+        initial=start,
+        desc=desc,
+        rate_unit="tokens",
+        rate_scale=B,
+        enabled=progress,
+        logger=log,
     )
     sae.train()
     for step in bar:
@@ -458,6 +464,8 @@ def _train_steps(
             _raise_if_nonfinite(nonfinite, done)
             rows.append(_log_row(cfg, step, x, out, coeff, optimizer, dead_mask, resampled))
             bar.set_postfix(loss=f"{rows[-1]['loss']:.4g}", l0=f"{rows[-1]['l0']:.1f}")
+            if on_log is not None:
+                on_log(rows[-1:])
         if checkpoint is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
             if done < total:
                 _raise_if_nonfinite(nonfinite, done)

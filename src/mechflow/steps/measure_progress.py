@@ -15,7 +15,6 @@ import math
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from mechflow.artifacts import write_table
 from mechflow.experiments.grokking.inputs import read_run
@@ -24,6 +23,7 @@ from mechflow.experiments.grokking.progress_measures import measure_checkpoint
 from mechflow.experiments.grokking.workflow import MIN_PROGRESS_CHECKPOINTS
 from mechflow.models.checkpoints import iter_checkpoint_models
 from mechflow.plots.style import check_columns, read_figure_table
+from mechflow.progress import Progress
 from mechflow.runtime import add_runtime_flags
 from mechflow.steps import parse_and_run, step_parser
 
@@ -63,13 +63,15 @@ def run(
     chosen = select_checkpoints(task.checkpoints(), first_epoch, last_epoch, str(model_dir))
     rows = []
     models = iter_checkpoint_models(model_dir, chosen)
-    for epoch, model in tqdm(
-        models, total=len(chosen), desc="checkpoints", disable=None, mininterval=2
-    ):
+    bar = Progress(
+        models, total=len(chosen), desc="progress measures", unit="checkpoint", logger=log
+    )
+    for epoch, model in bar:
         measures = measure_checkpoint(
             model, task.inputs, task.labels, task.train_rows, task.test_rows, keys
         )
         rows += [{"epoch": epoch, "metric": k, "value": v} for k, v in measures.items()]
+        bar.set_postfix(epoch=epoch, test_loss=measures["test_loss"])
     progress = pd.DataFrame(rows)
     wide = progress.pivot(index="epoch", columns="metric", values="value")
     bounds = phase_boundaries(wide)

@@ -19,6 +19,7 @@ import pandas as pd
 
 from mechflow.analysis.inputs import check_repeated, check_tokens, model_name, read_model_config
 from mechflow.artifacts import write_table
+from mechflow.progress import Progress
 from mechflow.runtime import add_runtime_flags, pick_device
 from mechflow.steps import parse_and_run, step_parser
 
@@ -57,7 +58,11 @@ def run(
     dev = pick_device(device)
     name = model_name(model_dir)
     rows = []
-    for step, model in iter_checkpoint_models(model_dir, checkpoints, device=dev):
+    models = iter_checkpoint_models(model_dir, checkpoints, device=dev)
+    bar = Progress(
+        models, total=len(checkpoints), desc=f"phase change {name}", unit="checkpoint", logger=log
+    )
+    for step, model in bar:
         metrics = checkpoint_metrics(
             model,
             eval_tokens,

@@ -1,7 +1,8 @@
 """Train the grokking model: a one-layer transformer on ``a b =`` → (a + b) mod p, full batch.
 
 Writes ``model.safetensors`` + ``config.json`` (architecture, task, training, versions), the
-train/test loss log ``train_log.csv``, the split ``split.npz`` and weights at every configured
+train/test loss log ``train_log.csv`` (growing in ``train_log.partial.csv`` while it trains,
+for ``tail -f``), the split ``split.npz`` and weights at every configured
 epoch under ``checkpoints/``; every progress measure is computed later from those checkpoints.
 The architecture's n_ctx, d_vocab and d_vocab_out follow from the modulus.
 """
@@ -26,11 +27,14 @@ from mechflow.experiments.grokking.modular_addition import (
 from mechflow.models.build import build_model, save_model, save_weights
 from mechflow.models.checkpoints import checkpoint_name
 from mechflow.models.config import FullBatchTrainingConfig
-from mechflow.models.train_full_batch import train_full_batch
+from mechflow.models.train_full_batch import LOG_COLUMNS, train_full_batch
+from mechflow.progress import LiveTable, live_path
 from mechflow.runtime import add_runtime_flags, pick_device, seed_everything
 from mechflow.steps import json_object, parse_and_run, step_parser
 
 log = logging.getLogger(__name__)
+
+LOG_FILE = "train_log.csv"
 
 
 def run(
@@ -60,11 +64,22 @@ def run(
         save_weights(model, ckpt_dir / checkpoint_name(epoch, CHECKPOINT_UNIT))
 
     start = time.perf_counter()
-    log_df = train_full_batch(
-        model, inputs, labels, train_rows, test_rows, cfg, on_checkpoint, progress=progress
-    )
+    with LiveTable(live_path(out_dir / LOG_FILE), LOG_COLUMNS) as live:
+        log_df = train_full_batch(
+            model,
+            inputs,
+            labels,
+            train_rows,
+            test_rows,
+            cfg,
+            on_checkpoint,
+            progress=progress,
+            on_log=live.append,
+            desc=f"train {out_dir.name}",
+        )
     seconds = time.perf_counter() - start
-    write_table(log_df, out_dir / "train_log.csv")
+    write_table(log_df, out_dir / LOG_FILE)
+    live.remove()
     last = log_df.iloc[-1]
     save_model(
         model,

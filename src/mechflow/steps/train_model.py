@@ -4,6 +4,8 @@ Writes ``model.safetensors`` + ``config.json`` (architecture, training config, d
 versions, git revision), a tidy loss log, and weights at each configured checkpoint step.
 A killed run resumes from its last checkpoint step when rerun with the same arguments (its
 state is kept in ``<out-dir>/resume/``, deleted on success) and ends with the same bytes.
+While it trains, the loss log grows row by row in ``train_log.partial.csv`` (for ``tail -f``;
+removed once ``train_log.csv`` is written) and progress lines go to the log.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from mechflow.data.tokens import load_tokens
 from mechflow.models.build import build_model, save_model, save_weights
 from mechflow.models.checkpoints import checkpoint_name
 from mechflow.models.config import Architecture, TrainingConfig
-from mechflow.models.train import train
+from mechflow.models.train import LOG_COLUMNS, train
+from mechflow.progress import LiveTable, live_path
 from mechflow.runtime import add_runtime_flags, pick_device, seed_everything
 from mechflow.steps import json_object, parse_and_run, step_parser
 
@@ -29,6 +32,7 @@ log = logging.getLogger(__name__)
 # Not one of the step's outputs: Snakemake deletes a failed job's outputs, checkpoints/ included,
 # so the checkpoints written so far are kept here too, for the rerun to put back.
 RESUME_DIR = "resume"
+LOG_FILE = "train_log.csv"
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -84,12 +88,21 @@ def run(
         _link(kept, ckpt_dir / kept.name)
 
     start = time.perf_counter()
-    loss_log = train(
-        model, tokens, cfg, on_checkpoint=on_checkpoint, progress=progress, resume_dir=resume_dir
-    )
+    with LiveTable(live_path(out_dir / LOG_FILE), LOG_COLUMNS) as live:
+        loss_log = train(
+            model,
+            tokens,
+            cfg,
+            on_checkpoint=on_checkpoint,
+            progress=progress,
+            resume_dir=resume_dir,
+            on_log=live.append,
+            desc=f"train {out_dir.name}",
+        )
     seconds = time.perf_counter() - start
     _publish_checkpoints(resume_dir, ckpt_dir)
-    write_table(loss_log, out_dir / "train_log.csv")
+    write_table(loss_log, out_dir / LOG_FILE)
+    live.remove()
     save_model(
         model,
         out_dir,

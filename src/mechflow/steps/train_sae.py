@@ -7,6 +7,8 @@ The SAE config is JSON (inline or a file): ``architecture``, ``d_sae`` or ``expa
 ``d_in`` default to ``--hook`` and the store's width. Refuses, before training, a store that is
 incomplete or lacks the hook and a config that is invalid (k > d_sae, coefficient <= 0, unknown
 keys). A killed run resumes from ``--checkpoint`` (default ``<out>.ckpt.pt``), deleted on success.
+While it trains, the curve grows row by row beside ``--log NAME.csv`` in ``NAME.partial.csv``
+(for ``tail -f``; removed once ``--log`` is written).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mechflow.artifacts import write_table
+from mechflow.progress import LiveTable, live_path
 from mechflow.runtime import add_runtime_flags, pick_device, start
 from mechflow.saes.config import SAEConfig
 from mechflow.steps import run_with_flags, step_parser
@@ -58,7 +61,7 @@ def run(
     progress: bool = True,
 ):
     from mechflow.saes.saelens_format import save_sae
-    from mechflow.saes.training import StoreSource, train_sae
+    from mechflow.saes.training import LOG_COLUMNS, StoreSource, train_sae
     from mechflow.store.reader import open_store
 
     acts = open_store(store)  # IncompleteStoreError names the store and why
@@ -81,9 +84,16 @@ def run(
         "training a %s SAE (d_in %d, d_sae %d) on %s of %s: %d tokens in the store, %d to train",
         cfg.architecture, cfg.d_in, cfg.d_sae, hook, store, source.n_tokens, cfg.total_tokens,
     )  # fmt: skip
-    result = train_sae(
-        cfg, source, device=pick_device(device), checkpoint=checkpoint, progress=progress
-    )
+    with LiveTable(live_path(log_path), LOG_COLUMNS) as live:
+        result = train_sae(
+            cfg,
+            source,
+            device=pick_device(device),
+            checkpoint=checkpoint,
+            progress=progress,
+            on_log=live.append,
+            desc=f"SAE {out.name}",
+        )
     prov = acts.provenance
     save_sae(
         result.sae,
@@ -106,6 +116,7 @@ def run(
         },
     )
     write_table(result.log, log_path)
+    live.remove()
     checkpoint.unlink(missing_ok=True)
     last = result.log.iloc[-1]
     log.info(

@@ -2,7 +2,8 @@
 
 Reads a ``ToyModelConfig`` as JSON and writes ``model.safetensors`` + ``cfg.json`` (the config,
 versions, git revision; written last) and a tidy loss log ``train_log.csv`` (step, instance,
-feature_probability, loss, lr) into ``--out-dir``.
+feature_probability, loss, lr) into ``--out-dir``; while it trains, the log grows row by row
+in ``train_log.partial.csv`` (for ``tail -f``; removed once ``train_log.csv`` is written).
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from pathlib import Path
 
 from mechflow.artifacts import git_revision, package_versions, write_table
 from mechflow.experiments.superposition.toy_model import (
+    LOG_COLUMNS,
     ToyModelConfig,
     save_toy_model,
     train_toy_model,
 )
+from mechflow.progress import LiveTable, live_path
 from mechflow.runtime import add_runtime_flags, seed_everything
 from mechflow.steps import json_object, parse_and_run, step_parser
 
@@ -29,10 +32,12 @@ def run(config: dict, out_dir: Path, progress: bool = True) -> None:
     cfg = ToyModelConfig.from_dict(config)
     seed_everything(cfg.seed)
     start = time.perf_counter()
-    model, loss_log = train_toy_model(cfg, progress=progress)
+    with LiveTable(live_path(out_dir / LOG_FILE), LOG_COLUMNS) as live:
+        model, loss_log = train_toy_model(cfg, progress=progress, on_log=live.append)
     seconds = time.perf_counter() - start
     final = loss_log[loss_log["step"] == cfg.steps]
     write_table(loss_log, out_dir / LOG_FILE)
+    live.remove()
     save_toy_model(
         model,
         cfg,

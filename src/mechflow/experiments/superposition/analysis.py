@@ -376,6 +376,7 @@ def map_phases(cfg: PhaseMapConfig, progress: bool = True) -> pd.DataFrame:
         log_every=cfg.steps,
         generator=generator,
         progress=progress,
+        desc="phase map",
     )
     with torch.no_grad():
         # one evaluation batch per cell, shared by its restarts so their losses compare
