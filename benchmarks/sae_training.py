@@ -43,35 +43,15 @@ LR = 4e-4
 
 def make_store(path: Path, n_seq: int, n_pos: int, seed: int = 0) -> torch.Tensor:
     """Write a store in the layout ``mechflow.store`` reads; return the activations too."""
-    import zarr
-
     from mechflow.saes.synthetic import sparse_feature_data
+    from mechflow.store.writer import write_array_store
 
     data = sparse_feature_data(
         n_tokens=n_seq * n_pos, d_in=D_IN, n_features=4096, p_active=0.004, seed=seed, noise=0.05
     )
     acts = data.acts.reshape(n_seq, n_pos, D_IN).contiguous()  # seq pos d_model
-    chunk_rows = max(1, (8 << 20) // (n_pos * D_IN * 4))  # ~8 MiB chunks
-    meta = {
-        "hooks": [HOOK], "n_sequences": n_seq, "n_pos": n_pos, "model": "synthetic",
-        "model_hash": "synthetic", "dataset_sha256": "synthetic", "config_hash": f"bench{seed}",
-        "chunk_rows": chunk_rows, "dtype": "float32",
-    }  # fmt: skip
-    group = zarr.open_group(
-        path, mode="w", zarr_format=3, attributes={"complete": False, "mechflow": meta}
-    )
-    array = group.create_array(
-        HOOK,
-        shape=acts.shape,
-        chunks=(chunk_rows, n_pos, D_IN),
-        dtype="float32",
-        fill_value=0,
-        compressors=None,
-        dimension_names=("seq", "pos", "d_model"),
-        config={"write_empty_chunks": True},
-    )
-    array[:] = acts.numpy()
-    group.attrs["complete"] = True
+    provenance = {"model": "synthetic", "model_hash": "synthetic", "dataset_sha256": f"bench{seed}"}
+    write_array_store(path, {HOOK: acts.numpy()}, provenance=provenance)
     return acts.reshape(-1, D_IN)
 
 

@@ -1,7 +1,8 @@
 """Writing artifacts so that a killed job never leaves a file a later step could take as finished.
 
 Every file is written to a temporary sibling and renamed into place (atomic on POSIX), and
-every artifact can be fingerprinted for provenance.
+every artifact can be fingerprinted for provenance. Weights are read through
+:func:`load_safetensors`, which names the file it refuses.
 """
 
 from __future__ import annotations
@@ -15,8 +16,16 @@ import tempfile
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    import torch
+
+
+class DamagedArtifactError(RuntimeError):
+    """A file a step reads is truncated, altered, or not the file its writer recorded."""
 
 
 @contextlib.contextmanager
@@ -55,6 +64,52 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
     return pd.read_csv(path)
+
+
+def save_safetensors(
+    tensors: dict[str, torch.Tensor],
+    path: str | os.PathLike,
+    metadata: dict[str, str] | None = None,
+) -> str:
+    """Write a safetensors file atomically and return its sha256 (for a sidecar to record).
+
+    Through :func:`atomic_path`, so the file gets the umask's mode: safetensors alone leaves 0600.
+    """
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+        digest = file_sha256(tmp)  # re-read from the page cache: ~0.6 s/GB
+    return digest
+
+
+def load_safetensors(
+    path: str | os.PathLike, device: torch.device | str = "cpu", *, sha256: str | None = None
+) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, or an error naming the file (never unpickles).
+
+    ``sha256``, when the writer recorded one, is checked first: safetensors itself only notices
+    a truncated file or a broken header, not an altered byte.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights not found: {path}")
+    if sha256 is not None:
+        found = file_sha256(path)
+        if found != sha256:
+            raise DamagedArtifactError(
+                f"{path}: sha256 {found[:12]}... differs from the {sha256[:12]}... recorded "
+                "when it was written (altered or damaged): rerun the step that writes it"
+            )
+    try:
+        return load_file(str(path), device=str(device))
+    except SafetensorError as err:
+        raise DamagedArtifactError(
+            f"{path}: not a readable safetensors file ({err}): rerun the step that writes it"
+        ) from err
 
 
 def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:

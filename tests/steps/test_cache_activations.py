@@ -39,6 +39,7 @@ def test_main_writes_complete_store(tiny_model_dir, repeated_tokens_path, tmp_pa
         "hooks": HOOKS,
     }
     store = open_store(out, expect=expect)
+    store.verify()  # every chunk as its manifest records it
     prov = store.provenance
     assert prov["model"] == tiny_model_dir.name
     assert (prov["dtype"], prov["compression"], prov["batch_size"], prov["seed"]) == (

@@ -80,6 +80,10 @@ def test_sigkill_midway_then_rerun_completes(tmp_path, caplog):
     cache_activations.main([*args, "--batch-size", "64", "--out", str(clean)])
     resumed, reference = open_store(killed), open_store(clean)
     assert resumed.provenance["config_hash"] == reference.provenance["config_hash"]
+    # the chunks written before the kill are in the manifest too, as the clean run's are
+    manifests = [json.loads((s / "manifest.json").read_text()) for s in (killed, clean)]
+    assert manifests[0] == manifests[1]
+    resumed.verify()
     for hook in HOOKS:
         assert resumed.array(hook).chunks == reference.array(hook).chunks
         np.testing.assert_array_equal(resumed.numpy(hook), reference.numpy(hook))

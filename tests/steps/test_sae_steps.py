@@ -79,6 +79,7 @@ def test_train_then_evaluate(lab, tmp_path):
     train_main(train_argv(lab, out, json.dumps(RELU)))
     assert sorted(p.name for p in out.iterdir()) == ["cfg.json", "sae_weights.safetensors"]
     assert not (tmp_path / "saes" / "relu_l1_0.3.ckpt.pt").exists()  # removed on success
+    assert not list((tmp_path / "saes").glob("*.partial.csv"))  # the live log too
     cfg = json.loads((out / "cfg.json").read_text())
     assert cfg["architecture"] == "standard" and cfg["metadata"]["hook_name"] == HOOK
     assert (cfg["d_in"], cfg["d_sae"]) == (16, 64)
@@ -156,14 +157,18 @@ def test_train_sae_refuses_before_training(lab, tmp_path, change, error, match):
 
 
 def test_nan_activations_fail_and_write_nothing(lab, tmp_path):
-    import shutil
+    from mechflow.store import open_store
+    from mechflow.store.writer import write_array_store
 
-    import zarr
-
+    # a sound store (manifest and all) whose activations are NaN: the trainer must refuse them
+    source = open_store(lab["store"])
     store = tmp_path / "nan.zarr"
-    shutil.copytree(lab["store"], store)
-    array = zarr.open_group(store, mode="r+", zarr_format=3)[HOOK]
-    array[:] = np.full(array.shape, np.nan, dtype=np.float32)
+    write_array_store(
+        store,
+        {HOOK: np.full(source.array(HOOK).shape, np.nan, dtype=np.float32)},
+        provenance=source.provenance,
+        tokens=source.tokens(),
+    )
     out = tmp_path / "sae"
     with pytest.raises(FloatingPointError):
         train_main(train_argv(lab, out, json.dumps(RELU), store=store))

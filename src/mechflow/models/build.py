@@ -2,7 +2,8 @@
 
 On disk a model is ``model.safetensors`` + ``config.json`` side by side. ``config.json`` holds the
 full ``HookedTransformerConfig`` (JSON-safe fields) so trained and imported pretrained models load
-through the same path, and loading never unpickles anything.
+through the same path, and loading never unpickles anything. It also records the weights' sha256
+(``weights_sha256``), checked on load, so an altered or truncated weights file is refused.
 """
 
 from __future__ import annotations
@@ -14,9 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from mechflow.artifacts import atomic_path, file_sha256, read_json, write_json
+from mechflow.artifacts import (
+    file_sha256,
+    load_safetensors,
+    read_json,
+    save_safetensors,
+    write_json,
+)
 from mechflow.models.config import Architecture
 
 if TYPE_CHECKING:
@@ -26,6 +32,8 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+# config.json's record of the weights file, checked on load (absent in models saved before it).
+WEIGHTS_SHA256_KEY = "weights_sha256"
 # Config fields that describe the machine or are derived, not the model.
 _CFG_SKIP = {"device", "n_devices", "dtype", "n_params", "tokenizer_name", "model_name"}
 
@@ -75,16 +83,20 @@ def save_model(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / WEIGHTS_FILE
-    save_weights(model, weights)
-    meta = {"hooked_transformer_config": _config_to_json(model.cfg), **(extra or {})}
+    digest = save_weights(model, weights)
+    meta = {
+        "hooked_transformer_config": _config_to_json(model.cfg),
+        **(extra or {}),
+        WEIGHTS_SHA256_KEY: digest,
+    }
     write_json(meta, out_dir / CONFIG_FILE)
     return weights
 
 
-def save_weights(model: HookedTransformer, path: str | os.PathLike) -> None:
+def save_weights(model: HookedTransformer, path: str | os.PathLike) -> str:
+    """Write the state dict atomically; returns the file's sha256."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp))
+    return save_safetensors(state, path)
 
 
 def load_model(
@@ -92,7 +104,11 @@ def load_model(
     weights: str | os.PathLike | None = None,
     device: torch.device | str = "cpu",
 ) -> HookedTransformer:
-    """Load a saved model (or one of its checkpoints via ``weights``) without unpickling."""
+    """Load a saved model (or one of its checkpoints via ``weights``) without unpickling.
+
+    The model's own weights are checked against the sha256 its config.json records; a
+    checkpoint has no record, so only a truncated or malformed one is refused.
+    """
     model_dir = Path(model_dir)
     config_path = model_dir / CONFIG_FILE
     if not config_path.exists():
@@ -101,12 +117,16 @@ def load_model(
     if not weights_path.exists():
         raise FileNotFoundError(f"model weights not found: {weights_path}")
     tl = _transformer_lens()
-    fields = read_json(config_path)["hooked_transformer_config"]
+    meta = read_json(config_path)
+    fields = meta["hooked_transformer_config"]
+    own = weights_path.resolve() == (model_dir / WEIGHTS_FILE).resolve()
+    digest = meta.get(WEIGHTS_SHA256_KEY) if own else None
+    state = load_safetensors(weights_path, device=device, sha256=digest)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         cfg = tl.HookedTransformerConfig(**fields, device=str(device))
         model = tl.HookedTransformer(cfg)
-    model.load_state_dict(load_file(str(weights_path), device=str(device)), strict=True)
+    model.load_state_dict(state, strict=True)
     model.eval()
     return model
 
@@ -128,16 +148,18 @@ def load_pretrained(name: str, path: str | None = None) -> HookedTransformer:
     ``save_pretrained`` directory (its ``config.json`` gives the architecture) and ``name`` is a
     label. Either way TransformerLens's usual processing (folded LayerNorm, centred weights) applies.
     """
+    from mechflow.models import pretrained
+
     for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ[key] = "1"
-    hint = (
-        f"pretrained model {name!r} is not available offline. Put its weights in the Hugging Face "
-        "cache (HF_HOME; e.g. `hf download` on a machine with internet) or set the model's `path:` "
-        "in the config to a local directory saved with `save_pretrained`."
-    )
-    if path is not None and not (Path(path) / "config.json").is_file():
-        raise PretrainedUnavailable(f"{hint} No config.json in {path!r}.")
+    if path is not None:
+        why = pretrained.path_problem(path)
+        if why is not None:
+            raise PretrainedUnavailable(
+                f"pretrained model {name!r}: {why}; give a directory saved with save_pretrained"
+            )
     tl = _transformer_lens()
+    hint = pretrained.weights_help(name, repo=pretrained.hub_repo(name))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -147,7 +169,7 @@ def load_pretrained(name: str, path: str | None = None) -> HookedTransformer:
                 else tl.HookedTransformer.from_pretrained(name, device="cpu", local_files_only=True)
             )
     except (OSError, ValueError) as err:
-        raise PretrainedUnavailable(f"{hint} ({type(err).__name__}: {err})") from err
+        raise PretrainedUnavailable(f"{hint[0].upper()}{hint[1:]} ({type(err).__name__})") from err
     model.eval()
     return model
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import load_file
+
+from mechflow.artifacts import load_safetensors
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -52,7 +53,7 @@ def iter_checkpoint_models(
         if model is None:
             model = load_model(model_dir, weights=path, device=device)
         else:
-            model.load_state_dict(load_file(str(path), device=str(device)), strict=True)
+            model.load_state_dict(load_safetensors(path, device=device), strict=True)
         yield index, model
 
 

@@ -10,6 +10,8 @@ one >= 6 as its pre-6 layout). Our own settings ride along in ``metadata.mechflo
 
 A BatchTopK SAE is saved as the JumpReLU it is at inference (SAELens does the same). Inputs
 are never normalised at load time: the training-time scale is folded into the weights.
+``metadata.mechflow.weights_sha256`` records the weights file, checked on load (SAELens ignores
+it; SAEs saved by SAELens or before it have none).
 """
 
 from __future__ import annotations
@@ -21,9 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from mechflow.artifacts import package_versions, read_json, write_json
+from mechflow.artifacts import (
+    load_safetensors,
+    package_versions,
+    read_json,
+    save_safetensors,
+    write_json,
+)
 from mechflow.saes.base import SparseAutoencoder
 
 CFG_FILE = "cfg.json"
@@ -89,7 +96,9 @@ def save_sae(
     }
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     try:
-        save_file(tensors, str(tmp / WEIGHTS_FILE))
+        # through atomic_path: safetensors alone leaves a 0600 file
+        digest = save_safetensors(tensors, tmp / WEIGHTS_FILE)
+        cfg["metadata"]["mechflow"]["weights_sha256"] = digest
         write_json(cfg, tmp / CFG_FILE)
         umask = os.umask(0)
         os.umask(umask)
@@ -116,7 +125,8 @@ def load_sae(
             f"{path}: not an SAE directory (needs {CFG_FILE} and {WEIGHTS_FILE})"
         )
     cfg = read_json(cfg_path)
-    state = load_file(str(weights_path), device="cpu")
+    digest = (sae_metadata(cfg).get("mechflow") or {}).get("weights_sha256")
+    state = load_safetensors(weights_path, device="cpu", sha256=digest)
     arch = cfg.get("architecture", "standard")
     d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
     if cfg.get("normalize_activations", "none") not in ("none", None):

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -22,17 +23,17 @@ import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from mechflow.artifacts import atomic_path, read_json, write_json
+from mechflow.artifacts import load_safetensors, read_json, save_safetensors, write_json
 from mechflow.models.config import strict_from_dict
+from mechflow.progress import Progress
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "cfg.json"
+WEIGHTS_SHA256_KEY = "weights_sha256"  # cfg.json's record of the weights file
 LR_SCHEDULES = ("constant", "cosine")
 LOG_COLUMNS = ["step", "instance", "feature_probability", "loss", "lr"]
 
@@ -236,6 +237,9 @@ def _lr_factor(schedule: str, step: int, steps: int) -> float:
     return 1.0
 
 
+_TRAIN_COLUMNS = ["step", "instance", "loss", "lr"]  # train_instances' log
+
+
 def train_instances(
     model: ToyModel,
     probability: Float[Tensor, "instances features"],
@@ -248,11 +252,14 @@ def train_instances(
     log_every: int = 100,
     generator: torch.Generator,
     progress: bool = True,
+    on_log: Callable[[list[dict[str, Any]]], None] | None = None,
+    desc: str = "toy models",
 ) -> pd.DataFrame:
     """Train in place; returns the loss log (step, instance, loss, lr), long format.
 
     ``probability`` and ``importance`` are per instance and feature, so one call can sweep
-    sparsity (train_toy_model) or sparsity x importance (the phase diagram).
+    sparsity (train_toy_model) or sparsity x importance (the phase diagram). Each logged
+    step's rows are handed to ``on_log`` as they are logged.
     """
     n_instances, _, n_features = model.shape
     for name, tensor in (("probability", probability), ("importance", importance)):
@@ -264,8 +271,7 @@ def train_instances(
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     rows = []
     model.train()
-    # disable=None: tqdm hides itself when stderr is not a TTY (Snakemake logs stay clean)
-    bar = tqdm(range(1, steps + 1), desc="toy models", disable=None if progress else True)
+    bar = Progress(range(1, steps + 1), total=steps, desc=desc, enabled=progress, logger=log)
     for step in bar:
         step_lr = lr * _lr_factor(lr_schedule, step - 1, steps)
         for group in optimizer.param_groups:
@@ -279,17 +285,24 @@ def train_instances(
         loss.backward()
         optimizer.step()
         if step % log_every == 0 or step == steps:
-            rows += [(step, i, v, step_lr) for i, v in enumerate(losses.tolist())]
-            bar.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
+            logged = [(step, i, v, step_lr) for i, v in enumerate(losses.tolist())]
+            rows += logged
+            bar.set_postfix(loss=f"{loss.item():.4g}")
+            if on_log is not None:
+                on_log([dict(zip(_TRAIN_COLUMNS, row, strict=True)) for row in logged])
     model.eval()
-    return pd.DataFrame(rows, columns=["step", "instance", "loss", "lr"])
+    return pd.DataFrame(rows, columns=_TRAIN_COLUMNS)
 
 
-def train_toy_model(cfg: ToyModelConfig, progress: bool = True) -> tuple[ToyModel, pd.DataFrame]:
+def train_toy_model(
+    cfg: ToyModelConfig,
+    progress: bool = True,
+    on_log: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> tuple[ToyModel, pd.DataFrame]:
     """A trained model and its loss log (step, instance, feature_probability, loss, lr).
 
     The same config gives the same weights: initialisation and every batch come from one
-    generator seeded with ``cfg.seed``.
+    generator seeded with ``cfg.seed``. ``on_log`` gets the log's rows as they are logged.
     """
     generator = torch.Generator().manual_seed(cfg.seed)
     model = ToyModel.from_config(cfg)
@@ -297,6 +310,10 @@ def train_toy_model(cfg: ToyModelConfig, progress: bool = True) -> tuple[ToyMode
     probs = cfg.probabilities()
     probability = torch.tensor(probs, dtype=torch.float32)[:, None].expand(-1, cfg.n_features)
     importance = torch.tensor(cfg.importance(), dtype=torch.float32).expand(cfg.n_instances, -1)
+
+    def with_probability(rows):
+        on_log([{**r, "feature_probability": float(probs[r["instance"]])} for r in rows])
+
     log_df = train_instances(
         model,
         probability,
@@ -308,6 +325,7 @@ def train_toy_model(cfg: ToyModelConfig, progress: bool = True) -> tuple[ToyMode
         log_every=cfg.log_every,
         generator=generator,
         progress=progress,
+        on_log=None if on_log is None else with_probability,
     )
     log_df.insert(2, "feature_probability", probs[log_df["instance"].to_numpy()])
     return model, log_df[LOG_COLUMNS]
@@ -316,16 +334,19 @@ def train_toy_model(cfg: ToyModelConfig, progress: bool = True) -> tuple[ToyMode
 def save_toy_model(
     model: ToyModel, cfg: ToyModelConfig, out_dir: str | os.PathLike, extra: dict | None = None
 ) -> Path:
-    """``model.safetensors`` then ``cfg.json`` (written last: its presence means complete)."""
+    """``model.safetensors`` then ``cfg.json`` (written last: its presence means complete).
+
+    ``cfg.json`` records the weights' sha256, which :func:`load_toy_model` checks.
+    """
     if model.shape != (cfg.n_instances, cfg.d_hidden, cfg.n_features):
         raise ValueError(f"model shape {model.shape} does not match its config {cfg}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / WEIGHTS_FILE
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(weights) as tmp:
-        save_file(state, str(tmp))
-    write_json({"toy_model_config": cfg.to_dict(), **(extra or {})}, out_dir / CONFIG_FILE)
+    digest = save_safetensors(state, weights)
+    meta = {"toy_model_config": cfg.to_dict(), **(extra or {}), WEIGHTS_SHA256_KEY: digest}
+    write_json(meta, out_dir / CONFIG_FILE)
     return weights
 
 
@@ -346,6 +367,7 @@ def load_toy_model(model_dir: str | os.PathLike) -> tuple[ToyModel, ToyModelConf
     if not weights.is_file():
         raise FileNotFoundError(f"toy-model weights not found: {weights}")
     model = ToyModel.from_config(cfg)
-    model.load_state_dict(load_file(str(weights)), strict=True)
+    digest = read_json(Path(model_dir) / CONFIG_FILE).get(WEIGHTS_SHA256_KEY)  # None: older
+    model.load_state_dict(load_safetensors(weights, sha256=digest), strict=True)
     model.eval()
     return model, cfg
