@@ -8,7 +8,8 @@
 #   results/{experiment}/...                             what one experiment owns: its tables, and
 #                                                        its own models (grokking/models/{run}/,
 #                                                        superposition/models/{toy}/, saes/{model}/{hook}/{sae}/)
-#   results/figures/{experiment}/...                     figures (the report gathers the PNGs)
+#   results/figures/{experiment}/...                     figures (the report gathers them, and each
+#                                                        experiment's headline tables as HTML)
 #   logs/{rule}/...  benchmarks/{rule}/...                per-job logs and timings
 #
 # Experiments are registered in mechflow.experiments.EXPERIMENTS; each has its rule file
@@ -45,3 +46,24 @@ rule all:
     default_target: True
     input:
         W.targets(),
+
+
+# One target per experiment (`snakemake grokking`) and per model or run it covers
+# (`snakemake induction_attn_only_2l`); `snakemake --list-target-rules` lists them.
+for _experiment in EXPERIMENT.values():
+    if not _experiment.enabled:
+        continue
+
+    rule:
+        name:
+            _experiment.name
+        input:
+            _experiment.targets(),
+
+    for _group, _targets in _experiment.target_groups().items():
+
+        rule:
+            name:
+                _group
+            input:
+                _targets,

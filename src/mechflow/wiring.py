@@ -16,40 +16,61 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from mechflow.config_problems import did_you_mean, read_numbers, schema_problems, unknown_name
 from mechflow.experiments import EXPERIMENTS, load_experiments
 from mechflow.experiments.base import Experiment
 from mechflow.models.config import Architecture, TrainingConfig, hook_names
 
 RESULTS = "results"
+WEIGHTS_FILE = "model.safetensors"  # mechflow.models.build.WEIGHTS_FILE, without torch
 
 
 class ConfigError(ValueError):
     """A config that passed the schema but is inconsistent; the message lists every problem."""
 
 
-def validate_config(config: dict[str, Any], schemas: str | Path) -> None:
-    """JSON-Schema validation, filling defaults: the shared schema, then each experiment's own
-    (``<schemas>/<experiment>.schema.yaml``) on its section. Unknown experiments are left to
-    :meth:`Workflow.check`, which names the registered ones.
+def validate_config(config: dict[str, Any], schemas: str | Path) -> list[str]:
+    """JSON-Schema problems of ``config``, one line each, filling defaults: the shared schema,
+    then each experiment's own (``<schemas>/<experiment>.schema.yaml``) on its section. Unknown
+    experiments are left to :meth:`Workflow.problems`, which names the registered ones.
 
     Every schema file is read once into one registry, against which the sections' ``$ref``s to
     ``config.schema.yaml`` resolve. (``snakemake.utils.validate`` re-reads a referenced file at
-    every ``$ref`` it follows: 46 YAML loads, ~1.7 s of every Snakemake start, SLURM jobs too.)
+    every ``$ref`` it follows: 46 YAML loads, ~1.7 s of every Snakemake start, SLURM jobs too;
+    and it stops at the first error, printing the whole schema.)
     """
-    from snakemake.exceptions import WorkflowError
-
+    read_numbers(config)
     validators = _schema_validators(str(Path(schemas).resolve()))
-    sections = [(None, config)] + [
-        (name, section)
-        for name, section in (config.get("experiments") or {}).items()
-        if name in EXPERIMENTS
-    ]
-    for name, instance in sections:
-        try:
-            validators[name or "config"].validate(instance)
-        except Exception as err:  # jsonschema.ValidationError: names the path inside `instance`
-            where = f"config section experiments.{name}" if name else "config file"
-            raise WorkflowError(f"Error validating {where}.", err) from err
+    problems = schema_problems(config, validators["config"])
+    for name, section in (config.get("experiments") or {}).items():
+        if name in EXPERIMENTS:
+            problems += schema_problems(section, validators[name], f"experiments.{name}")
+    return problems
+
+
+def config_problems(config: dict[str, Any], schemas: str | Path) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of a config: the schema's, then (on a valid one) the cross-key ones."""
+    problems = validate_config(config, schemas)
+    if problems:
+        return problems, []
+    workflow = Workflow(config)
+    return workflow.problems(), workflow.warnings()
+
+
+def format_problems(problems: list[str], configfiles: str | list | tuple = ()) -> str:
+    """The message a researcher reads: which file, a count, then one line per problem."""
+    if isinstance(configfiles, str):
+        source = configfiles
+    else:  # Snakemake's absolute paths, shown as the user typed them (relative to the workdir)
+        cwd = Path.cwd()
+        shown = [
+            str(Path(p).relative_to(cwd)) if Path(p).is_relative_to(cwd) else str(p)
+            for p in configfiles
+        ]
+        source = ", ".join(shown) or "config/config.yaml"
+    n = len(problems)
+    head = f"invalid config ({source}): {n} problem{'s' if n > 1 else ''}"
+    return "\n  - ".join([head, *problems])
 
 
 @functools.cache
@@ -196,20 +217,71 @@ class Workflow:
     # --- checks ---------------------------------------------------------------------------
     def check(self) -> None:
         """Raise ConfigError listing every inconsistency (unknown names, sizes that do not fit)."""
+        problems = self.problems()
+        if problems:
+            raise ConfigError(format_problems(problems, "config"))
+
+    def problems(self) -> list[str]:
+        """Every inconsistency the schema cannot see, one line each."""
         problems: list[str] = []
+        registered = sorted(self.experiments)
         for name in self.config.get("experiments") or {}:
             if name not in self.experiments:
                 problems.append(
-                    f"experiments.{name}: unknown experiment (registered: {sorted(self.experiments)})"
+                    f"experiments.{name}: unknown experiment{did_you_mean(name, registered)}; "
+                    f"registered: {', '.join(registered)}"
                 )
         self._check_datasets(problems)
         self._check_models(problems)
         self._check_extra_hooks(problems)
+        self._check_pretrained(problems)
         for experiment in self.experiments.values():
             if experiment.enabled:
-                experiment.check(problems)
-        if problems:
-            raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+                try:
+                    experiment.check(problems)
+                except (TypeError, ValueError, KeyError) as err:  # a value the schema lets through
+                    problems.append(
+                        f"experiments.{experiment.name}: cannot be checked "
+                        f"({type(err).__name__}: {err})"
+                    )
+        return problems
+
+    def used_models(self) -> list[str]:
+        """Shared models some enabled experiment reads."""
+        used = [m for e in self.experiments.values() if e.enabled for m in e.models()]
+        return list(dict.fromkeys(used))
+
+    def warnings(self) -> list[str]:
+        """What is allowed but probably not meant, one line each (printed, never fatal)."""
+        used = self.used_models()
+        return [
+            f"models.{name}: declared, but no enabled experiment uses it (nothing is "
+            f"{'imported' if spec['source'] == 'pretrained' else 'trained'} for it)"
+            for name, spec in self.models.items()
+            if name not in used
+        ]
+
+    def _check_pretrained(self, problems: list[str]) -> None:
+        """A ``path:`` must exist; without one, the weights must be in the Hugging Face cache
+        unless the model was imported already (the cache check imports TransformerLens, so it
+        runs only then)."""
+        from mechflow.models import pretrained
+
+        used = self.used_models()
+        for name, spec in self.models.items():
+            if spec["source"] != "pretrained":
+                continue
+            if spec["path"] is not None:
+                why = pretrained.path_problem(spec["path"])
+                if why is not None:
+                    problems.append(
+                        f"models.{name}.path: {why}; give a directory saved with save_pretrained"
+                    )
+            elif name in used and not Path(f"{RESULTS}/models/{name}/{WEIGHTS_FILE}").is_file():
+                repo = pretrained.hub_repo(spec["name"])
+                if not pretrained.is_cached(repo):
+                    key = f"models.{name}"
+                    problems.append(f"{key}: " + pretrained.weights_help(spec["name"], key, repo))
 
     def _check_datasets(self, problems: list[str]) -> None:
         for name, dataset in self.datasets.items():
@@ -235,7 +307,12 @@ class Workflow:
             training = spec["training"]
             if training["dataset"] not in self.datasets:
                 problems.append(
-                    f"models.{name}.training.dataset: unknown dataset {training['dataset']!r}"
+                    unknown_name(
+                        f"models.{name}.training.dataset",
+                        "dataset",
+                        training["dataset"],
+                        list(self.datasets),
+                    )
                 )
             try:
                 TrainingConfig.from_dict(training_config(training))
@@ -248,7 +325,11 @@ class Workflow:
     def _check_extra_hooks(self, problems: list[str]) -> None:
         for name, hooks in self.activations.get("extra_hooks", {}).items():
             if name not in self.models:
-                problems.append(f"activations.extra_hooks: unknown model {name!r}")
+                problems.append(
+                    unknown_name(
+                        f"activations.extra_hooks.{name}", "model", name, list(self.models)
+                    )
+                )
                 continue
             arch = checked_architecture(self.config, name)
             if arch is None:
@@ -258,8 +339,9 @@ class Workflow:
                     expand_hooks([hook], hook_names(arch))
                 except ValueError:
                     problems.append(
-                        f"activations.extra_hooks.{name}: unknown hook name {hook!r} for this "
-                        f"architecture (e.g. {hook_names(arch)[2]!r})"
+                        f"activations.extra_hooks.{name}: hook {hook!r} matches no hook of "
+                        f"models.{name}{did_you_mean(hook, hook_names(arch))}; e.g. "
+                        f"{hook_names(arch)[2]!r} (shell patterns like blocks.*.hook_resid_post work)"
                     )
 
     # --- datasets -------------------------------------------------------------------------
@@ -306,18 +388,23 @@ class Workflow:
 def check_fits(
     config: dict[str, Any], where: str, dataset_name: str, model_name: str, problems: list[str]
 ) -> None:
-    """A dataset's sequences and tokens must fit the model that reads them."""
+    """A dataset's sequences and tokens must fit the model that reads them (``where`` says who
+    feeds one to the other). The line names the dataset's key: it is the one to change, unless
+    the model is too small, which the line also says."""
     arch = checked_architecture(config, model_name)
     dataset = config.get("datasets", {}).get(dataset_name)
     if arch is None or dataset is None:
         return
+    length_key = "half_len" if dataset["kind"] == "repeated_random" else "seq_len"
     if sequence_length(dataset) > arch.n_ctx:
         problems.append(
-            f"{where}: dataset {dataset_name!r} has sequences of length "
-            f"{sequence_length(dataset)} > models.{model_name}.architecture.n_ctx={arch.n_ctx}"
+            f"datasets.{dataset_name}.{length_key}: {dataset[length_key]} makes sequences of "
+            f"length {sequence_length(dataset)}, longer than models.{model_name}.architecture."
+            f"n_ctx={arch.n_ctx} ({where} feeds it to that model)"
         )
     if dataset["d_vocab"] > arch.d_vocab:
         problems.append(
-            f"{where}: dataset {dataset_name!r} uses d_vocab={dataset['d_vocab']} > "
-            f"models.{model_name}.architecture.d_vocab={arch.d_vocab}"
+            f"datasets.{dataset_name}.d_vocab: {dataset['d_vocab']} is larger than "
+            f"models.{model_name}.architecture.d_vocab={arch.d_vocab} ({where} feeds it to that "
+            "model)"
         )

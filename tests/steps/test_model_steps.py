@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from mechflow.data.tokens import load_tokens
-from mechflow.models.build import PretrainedUnavailable, load_model
+from mechflow.models.build import load_model
 from mechflow.steps import import_pretrained, make_dataset, train_model
 
 ARCH = {
@@ -90,6 +90,7 @@ def test_train_model_writes_model_log_and_checkpoints(train_tokens, tmp_path):
     assert len(meta["dataset"]["sha256"]) == 64 and meta["git_revision"]
     log = pd.read_csv(out / "train_log.csv")
     assert list(log.columns) == ["step", "loss", "lr"] and log["step"].tolist() == [5, 10, 15, 20]
+    assert not (out / "train_log.partial.csv").exists()  # the live log, once it is written
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
         "step_000000.safetensors",
         "step_000010.safetensors",
@@ -111,7 +112,12 @@ def test_train_model_refuses_tokens_outside_the_vocabulary(train_tokens, tmp_pat
     assert not (tmp_path / "m" / "model.safetensors").exists()
 
 
-def test_import_pretrained_fails_clearly_offline(tmp_path):
-    with pytest.raises(PretrainedUnavailable, match="gpt2"):
+def test_import_pretrained_fails_clearly_offline(tmp_path, caplog):
+    """The job's log holds one paragraph saying where to put the weights, no traceback."""
+    with pytest.raises(SystemExit) as exit_:
         import_pretrained.main(["--name", "gpt2", "--out-dir", str(tmp_path / "gpt2")])
+    assert exit_.value.code == 1
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].exc_info is None
+    assert "hf download gpt2" in errors[0].getMessage()
     assert not (tmp_path / "gpt2" / "model.safetensors").exists()

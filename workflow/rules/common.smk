@@ -1,16 +1,23 @@
 # What every experiment shares: validation, the registry loop, generic wildcards, devices.
 # An experiment's own checks, targets and params live in mechflow.experiments.<name>.workflow.
 import shutil
+import sys
 from pathlib import Path
 
 from mechflow.experiments import EXPERIMENTS
-from mechflow.wiring import RESULTS, Workflow, alternation, option_flags, table_flags, validate_config
+from mechflow.wiring import RESULTS, Workflow, alternation, config_problems, format_problems
+from mechflow.wiring import option_flags, table_flags
 
 
-validate_config(config, Path(workflow.basedir) / "workflow/schemas")  # shared, then per experiment
+# Every problem at once, one line each, before any job; no traceback (a config typo is not a bug).
+_problems, _warnings = config_problems(config, Path(workflow.basedir) / "workflow/schemas")
+for _warning in _warnings:
+    print(f"mechflow: warning: {_warning}", file=sys.stderr)
+if _problems:
+    print(format_problems(_problems, workflow.config_settings.configfiles), file=sys.stderr)
+    sys.exit(1)
 
 W = Workflow(config)
-W.check()
 EXPERIMENT = W.experiments  # name -> its wiring, for the experiment's rule file
 
 

@@ -29,6 +29,23 @@ class Experiment:
     def check(self, problems: list[str]) -> None:
         """Append what the schema cannot say about this section (names, sizes that must fit)."""
 
+    def models(self) -> list[str]:
+        """Shared models (keys of ``models:``) this experiment reads."""
+        return []
+
+    def units(self) -> list[str]:
+        """Names (models, runs) that are targets of their own: ``snakemake <experiment>_<unit>``
+        builds the targets whose path has that name as a component."""
+        return []
+
+    def target_groups(self) -> dict[str, list[str]]:
+        """``<experiment>_<unit>`` -> its targets, for the per-unit target rules."""
+        targets = self.targets()
+        return {
+            f"{self.name}_{unit}": [t for t in targets if unit in t.split("/")]
+            for unit in self.units()
+        }
+
     def caches(self) -> list[tuple[str, str, list[str]]]:
         """(model, dataset, hook patterns) this experiment reads from shared activation stores."""
         return []

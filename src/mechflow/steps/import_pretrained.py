@@ -7,10 +7,11 @@ downloaded. Without weights the job fails at once with a message saying where to
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 from mechflow.artifacts import git_revision, package_versions
-from mechflow.models.build import load_pretrained, save_model
+from mechflow.models.build import PretrainedUnavailable, load_pretrained, save_model
 from mechflow.steps import parse_and_run, step_parser
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", required=True, help="TransformerLens model name, e.g. gpt2")
     parser.add_argument("--path", default=None, help="local Hugging Face model directory")
     parser.add_argument("--out-dir", required=True, type=Path)
-    parse_and_run(parser, run, argv)
+    try:
+        parse_and_run(parser, run, argv)
+    except PretrainedUnavailable as err:  # not a bug: one paragraph saying what to do, no traceback
+        log.error("%s", err)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

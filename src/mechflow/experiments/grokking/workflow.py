@@ -70,6 +70,9 @@ class Wiring(Experiment):
     def runs(self) -> list[str]:
         return list(self.settings["runs"]) if self.enabled else []
 
+    def units(self) -> list[str]:
+        return self.runs()
+
     def wildcards(self) -> dict[str, list[str]]:
         return {"run": self.runs()}
 
@@ -78,6 +81,10 @@ class Wiring(Experiment):
         for run in self.runs():
             targets.append(f"{RESULTS}/{self.name}/{run}/checks.csv")
             targets += [f"{RESULTS}/figures/{self.name}/{run}/{f}.png" for f in FIGURES]
+            # the headline tables, rendered for the report
+            targets += [
+                f"{RESULTS}/{self.name}/{run}/{t}.html" for t in ("checks", "key_frequencies")
+            ]
         return targets
 
     # --- params of the rules ----------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mechflow.config_problems import unknown_name
 from mechflow.experiments.base import Experiment
 from mechflow.wiring import RESULTS, activation_store, check_fits, dataset_path, sequence_length
 
@@ -22,12 +23,13 @@ class Wiring(Experiment):
     def check(self, problems: list[str]) -> None:
         where = f"experiments.{self.name}"
         s, datasets = self.settings, self.config.get("datasets", {})
-        for model in s["models"]:
-            if model not in self.config.get("models", {}):
-                problems.append(f"{where}.models: unknown model {model!r}")
+        known_models = list(self.config.get("models", {}))
+        for i, model in enumerate(s["models"]):
+            if model not in known_models:
+                problems.append(unknown_name(f"{where}.models[{i}]", "model", model, known_models))
         for key in ("eval_dataset", "icl_dataset"):
             if s[key] not in datasets:
-                problems.append(f"{where}.{key}: unknown dataset {s[key]!r}")
+                problems.append(unknown_name(f"{where}.{key}", "dataset", s[key], list(datasets)))
         eval_ds = datasets.get(s["eval_dataset"])
         if eval_ds is not None and eval_ds["kind"] != "repeated_random":
             problems.append(
@@ -45,6 +47,12 @@ class Wiring(Experiment):
         for model in s["models"]:
             check_fits(self.config, f"{where}.eval_dataset", s["eval_dataset"], model, problems)
             check_fits(self.config, f"{where}.icl_dataset", s["icl_dataset"], model, problems)
+
+    def models(self) -> list[str]:
+        return list(self.settings["models"]) if self.enabled else []
+
+    def units(self) -> list[str]:
+        return self.models()
 
     def caches(self) -> list[tuple[str, str, list[str]]]:
         return [
@@ -66,6 +74,12 @@ class Wiring(Experiment):
             f"{RESULTS}/figures/{self.name}/{model}/{figure}.png"
             for model in self.settings["models"]
             for figure in self.figures(model)
+        ]
+        # the headline tables, rendered for the report
+        targets += [
+            f"{RESULTS}/{self.name}/{model}/{table}.html"
+            for model in self.settings["models"]
+            for table in ("head_scores", "head_ablation")
         ]
         # stores of the configured extra hooks: on the induction eval set, which every model reads
         for model, hooks in self.config.get("activations", {}).get("extra_hooks", {}).items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mechflow.config_problems import did_you_mean, unknown_name
 from mechflow.experiments.base import Experiment
 from mechflow.models.config import Architecture, hook_names
 from mechflow.wiring import (
@@ -95,14 +96,19 @@ class Wiring(Experiment):
             datasets, models = config.get("datasets", {}), config.get("models", {})
             model = lm["model"]
             if model not in models:
-                problems.append(f"{where}.model: unknown model {model!r}")
+                problems.append(unknown_name(f"{where}.model", "model", model, list(models)))
             arch = checked_architecture(config, model)
             for key in ("dataset", "eval_dataset"):
                 if lm[key] not in datasets:
-                    problems.append(f"{where}.{key}: unknown dataset {lm[key]!r}")
-            for hook in lm["hooks"]:
+                    problems.append(
+                        unknown_name(f"{where}.{key}", "dataset", lm[key], list(datasets))
+                    )
+            for i, hook in enumerate(lm["hooks"]):
                 if arch is not None and hook not in hook_names(arch):
-                    problems.append(f"{where}.hooks: {model!r} has no hook {hook!r}")
+                    problems.append(
+                        f"{where}.hooks[{i}]: models.{model} has no hook {hook!r}"
+                        f"{did_you_mean(hook, hook_names(arch))}"
+                    )
             if not self.sweep:
                 problems.append(f"{where}.sweeps: no SAE to train (give at least one architecture)")
             if lm.get("dashboard") and lm["dashboard"] not in self.sweep:
@@ -118,8 +124,8 @@ class Wiring(Experiment):
             toys = (config.get("experiments", {}).get("superposition") or {}).get("toy_models", {})
             if toy["model"] not in toys:
                 problems.append(
-                    f"{where}.model: unknown toy model {toy['model']!r} "
-                    "(define it under experiments.superposition.toy_models)"
+                    unknown_name(f"{where}.model", "toy model", toy["model"], list(toys))
+                    + " (toy models are defined under experiments.superposition.toy_models)"
                 )
                 return
             spec = toys[toy["model"]]
@@ -127,6 +133,13 @@ class Wiring(Experiment):
             if not -n <= toy["instance"] < n:
                 problems.append(f"{where}.instance: {toy['instance']} but the toy model has {n}")
             check_sae(f"{where}.sae", toy_sae_config(self.settings), spec["d_hidden"], TOY_HOOK)
+
+    def models(self) -> list[str]:
+        return [self.lm["model"]] if self.lm else []
+
+    def units(self) -> list[str]:
+        """The language model and the toy model whose SAEs these are."""
+        return list(dict.fromkeys(self.models() + ([self.toy["model"]] if self.toy else [])))
 
     def caches(self) -> list[tuple[str, str, list[str]]]:
         if not self.lm:
@@ -150,6 +163,10 @@ class Wiring(Experiment):
         if self.lm:
             for hook in self.lm["hooks"]:
                 targets.append(f"{figures}/{self.lm['model']}/{hook}/frontier.png")
+                # the sweep's metrics table, rendered for the report
+                targets.append(
+                    f"{RESULTS}/{self.name}/{self.lm['model']}/{hook}/sweep_metrics.html"
+                )
                 if self.lm.get("dashboard"):
                     targets.append(
                         f"{figures}/{self.lm['model']}/{hook}/dashboard_{self.lm['dashboard']}.png"

@@ -44,6 +44,9 @@ class Wiring(Experiment):
     def toy_models(self) -> list[str]:
         return list(self.settings["toy_models"]) if self.enabled else []
 
+    def units(self) -> list[str]:
+        return self.toy_models()
+
     def wildcards(self) -> dict[str, list[str]]:
         return {"toy": self.toy_models()}
 
@@ -52,6 +55,7 @@ class Wiring(Experiment):
         targets = [f"{figures}/phase_map.png"]
         for toy in self.toy_models():
             targets += [f"{figures}/{toy}/{f}.png" for f in ("superposition", "dimensionality")]
+            targets.append(f"{RESULTS}/{self.name}/{toy}/instances.html")  # table for the report
         return targets
 
     # --- params of the rules ----------------------------------------------------------------

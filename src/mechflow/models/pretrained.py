@@ -1,0 +1,59 @@
+"""Where a pretrained model's weights must be for an offline run, and the message that says so.
+
+mechflow never downloads: a pretrained model is read from the Hugging Face cache or from a local
+``save_pretrained`` directory. Both the config check (before any job) and the import step use
+this one message, so a researcher sees the same paragraph wherever it stops them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def hub_repo(name: str) -> str:
+    """The Hugging Face repo TransformerLens reads for an official name (``gpt2-small`` ->
+    ``gpt2``); the name itself when TransformerLens does not know it."""
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    try:
+        return get_official_model_name(name)
+    except ValueError:
+        return name
+
+
+def hub_cache() -> Path:
+    """The Hugging Face hub cache this process reads (``HF_HUB_CACHE`` / ``HF_HOME`` aware)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def is_cached(repo: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo, "config.json"), str)
+
+
+def weights_help(name: str, key: str | None = None, repo: str | None = None) -> str:
+    """One paragraph: what is missing, the cache this machine reads, the exact download command
+    for a machine with internet, and the ``path:`` alternative."""
+    repo = repo or name
+    folder = f"models--{repo.replace('/', '--')}"
+    return (
+        f"the weights of pretrained model {name!r} (Hugging Face repo {repo!r}) are not on this "
+        f"machine, and mechflow never downloads. On a machine with internet run "
+        f"`hf download {repo} --include '*.json' '*.txt' '*.safetensors'`, then copy "
+        f"~/.cache/huggingface/hub/{folder} into {hub_cache()} here (or point HF_HOME at a "
+        f"copy of that cache); or save the model with `save_pretrained` and set "
+        f"{f'{key}.path' if key else 'the model’s `path:` in the config'} to that directory."
+    )
+
+
+def path_problem(path: str) -> str | None:
+    """Why a ``path:`` is not a ``save_pretrained`` directory, or None when it is one."""
+    if not os.path.isdir(path):
+        return f"{path!r} is not a directory"
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        return f"{path!r} holds no config.json (not a save_pretrained directory)"
+    return None
