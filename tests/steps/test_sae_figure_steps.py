@@ -3,7 +3,9 @@ PNG + SVG; refusals name the flag and write nothing."""
 
 from __future__ import annotations
 
+import html
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -79,6 +81,12 @@ def summarize_argv(lab, out, *, sae=None, store=None, model=None, n_latents=4, e
     ]  # fmt: skip
 
 
+def svg_texts(png) -> list[str]:
+    """The text lines of a figure (matplotlib writes each as a comment in the SVG)."""
+    svg = png.with_suffix(".svg").read_text(encoding="utf-8")
+    return [html.unescape(text) for text in re.findall(r"<!-- (.*?) -->", svg)]
+
+
 def assert_figure(png):
     assert png.is_file() and png.stat().st_size > 0
     assert png.with_suffix(".svg").is_file()
@@ -121,6 +129,17 @@ def test_summarize_then_plot_dashboard(lab, tmp_path):
          "--out", str(png), "--title", "tiny SAE"]
     )  # fmt: skip
     assert_figure(png)
+    # the tables do not say which SAE they summarise: the rule's options name it in the title
+    named = tmp_path / "figs" / "named.png"
+    figure_main(
+        ["--figure", "saes.latent_dashboard",
+         "--table", f"contexts={out / 'contexts.csv'}",
+         "--table", f"histograms={out / 'histograms.csv'}",
+         "--table", f"logits={out / 'logits.csv'}",
+         "--option", "model=tiny_2l", "--option", f"hook={HOOK}", "--option", "sae=relu_0.1",
+         "--out", str(named)]
+    )  # fmt: skip
+    assert f"tiny_2l {HOOK}: SAE relu_0.1 latents" in " ".join(svg_texts(named))
 
 
 def test_summarize_explicit_latents(lab, tmp_path):
@@ -205,6 +224,13 @@ def test_frontier_figure_from_two_metrics_tables(tmp_path):
     save_figure(fig, expected)
     assert expected.read_bytes() == png.read_bytes()
     assert expected.with_suffix(".svg").read_bytes() == png.with_suffix(".svg").read_bytes()
+    # the metrics name the hook, the rule's option the model
+    named = tmp_path / "named.png"
+    figure_main(
+        ["--figure", "saes.sae_frontier", "--table", f"metrics={paths[0]}",
+         "--option", "model=tiny_2l", "--out", str(named)]
+    )  # fmt: skip
+    assert f"tiny_2l: SAE sparsity–fidelity frontier ({HOOK}, 3 SAEs)" in svg_texts(named)
 
 
 def test_frontier_refuses_bad_tables(tmp_path):
@@ -229,23 +255,35 @@ def test_toy_recovery_figure(tmp_path):
 
     table = pd.DataFrame(
         {
+            "sae": "topk_1",
             "feature": range(6),
             "importance": 0.9 ** np.arange(6),
             "norm": [1.0, 1.0, 0.98, 0.9, 0.01, 0.0],
             "represented": [True, True, True, True, False, False],
             "max_cosine": [0.99, 0.95, 0.7, 0.92, 0.3, 0.1],
             "best_latent": [3, 0, 5, 1, 2, 2],
+            "recovered": [True, True, False, True, False, False],  # the step's, at 0.9
         }
     )
     write_table(table, tmp_path / "recovery.csv")
     png = tmp_path / "recovery.png"
     figure_main(
         ["--figure", "saes.toy_recovery", "--table", f"table={tmp_path / 'recovery.csv'}",
-         "--out", str(png)]
+         "--option", "model=toy_5", "--option", "threshold=0.9", "--out", str(png)]
     )  # fmt: skip
     assert_figure(png)
+    assert "toy_5: feature recovery by SAE topk_1" in svg_texts(png)  # option, table's sae
+    assert any("(75%, max cosine ≥ 0.9)" in text for text in svg_texts(png))
+    # the figure counts what the table says was recovered (the configured threshold), not 0.9
+    strict = toy_recovery_figure(
+        table.assign(recovered=[True, False, False, False, False, False]), threshold=0.96
+    )
+    assert "1/4 represented features recovered (25%, max cosine ≥ 0.96)" in strict.get_suptitle()
     fig = toy_recovery_figure(pd.read_csv(tmp_path / "recovery.csv"))
     assert "3/4 represented features recovered (75%" in fig.get_suptitle()
+    assert fig.get_suptitle().startswith("feature recovery by SAE topk_1\n")
+    with pytest.raises(ValueError, match=r"r\.csv: expected rows of one SAE"):
+        toy_recovery_figure(table.assign(sae=["a", "b"] * 3), source="r.csv")
     bars = fig.axes[0].patches
     np.testing.assert_allclose([b.get_height() for b in bars], table["max_cosine"])
     with pytest.raises(ValueError, match="'best_latent'"):

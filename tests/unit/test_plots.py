@@ -303,3 +303,152 @@ def test_save_figure_leaves_nothing_when_drawing_fails(tmp_path):
 def test_save_figure_wants_png(tmp_path):
     with pytest.raises(ValueError, match=r"\.png"):
         save_figure(ind.head_scores_figure(head_scores_table()), tmp_path / "f.pdf")
+
+
+# --- every figure's title names what it shows ---------------------------------------------------
+# Each registered figure drawn from tiny tables whose model (run, toy model) is NAME; names a
+# table does not carry (the SAE's model, hook and SAE) come as the options its rule passes.
+NAME, HOOK, SAE = "foo", "hook_bar", "sae_baz"
+
+
+def _grokking_tables() -> dict[str, pd.DataFrame]:
+    from mechflow.experiments.grokking import figures as grok
+
+    epochs = range(0, 101, 10)
+    log = pd.DataFrame(
+        [(e, 1.0 / (e + 1), min(1.0, e / 50), 2.0 / (e + 1), e / 100) for e in epochs],
+        columns=grok.LOG_COLUMNS,
+    )
+    phases = pd.DataFrame(
+        [(NAME, "memorisation", 0.0, 50.0), (NAME, "circuit formation", 50.0, 80.0),
+         (NAME, "cleanup", 80.0, 100.0)],
+        columns=["model", *grok.PHASE_COLUMNS],
+    )  # fmt: skip
+    progress = pd.DataFrame(
+        [(NAME, e, m, 1.0 / (e + 1)) for e in epochs
+         for m in ("train_loss", "test_loss", "restricted_loss", "excluded_loss", "weight_norm")],
+        columns=grok.PROGRESS_COLUMNS,
+    )  # fmt: skip
+    embedding = pd.DataFrame(
+        [(NAME, 0, "const", 0.1, 0.0)]
+        + [(NAME, k, c, 1.0 if k == 2 else 0.1, 0.2) for k in range(1, 4) for c in ("cos", "sin")],
+        columns=grok.EMBEDDING_COLUMNS,
+    )
+    maps = pd.DataFrame(
+        [(NAME, "head", 0, 1, a, b, float(a + b)) for a in range(5) for b in range(5)],
+        columns=grok.MAP_COLUMNS,
+    )
+    keys = pd.DataFrame({"frequency": [2], "embedding_share": [0.8]})
+    return {"log": log, "phases": phases, "progress": progress, "embedding": embedding,
+            "maps": maps, "keys": keys}  # fmt: skip
+
+
+def _superposition_tables() -> dict[str, pd.DataFrame]:
+    from mechflow.experiments.superposition import figures as sup
+
+    n, probs = 3, (1.0, 0.1)
+    wtw = pd.DataFrame(
+        [
+            (NAME, inst, i, j, float(i == j))
+            for inst in range(2)
+            for i in range(n)
+            for j in range(n)
+        ],
+        columns=list(sup.WTW_COLUMNS),
+    )
+    features = pd.DataFrame(
+        [(NAME, inst, p, f, 0.0, 1.0, 0.1, 1.0, True) for inst, p in enumerate(probs)
+         for f in range(n)],
+        columns=list(sup.FEATURE_COLUMNS),
+    )  # fmt: skip
+    instances = pd.DataFrame(
+        [(NAME, inst, p, 0.6) for inst, p in enumerate(probs)], columns=list(sup.INSTANCE_COLUMNS)
+    )
+    phases = pd.DataFrame(
+        [(p, r, "superposition") for p in (1.0, 0.1) for r in (0.5, 2.0)],
+        columns=list(sup.PHASE_COLUMNS),
+    )
+    return {"wtw": wtw, "features": features, "instances": instances, "phases": phases}
+
+
+def _sae_tables() -> dict[str, pd.DataFrame]:
+    metrics = pd.DataFrame(
+        [(f"topk_{k}", HOOK, "topk", m, v) for k in (4, 8)
+         for m, v in (("l0", float(k)), ("ce_recovered_zero", 0.9), ("fvu", 0.1))],
+        columns=["sae", "hook", "architecture", "metric", "value"],
+    )  # fmt: skip
+    contexts = pd.DataFrame({"latent": [3], "rank": [0], "activation": [1.5], "context": ["1 [2]"]})
+    histograms = pd.DataFrame(
+        {"latent": [3], "bin_left": [0.0], "bin_right": [1.0], "count": [4], "frequency": [0.1]}
+    )
+    logits = pd.DataFrame(
+        {"latent": [3, 3], "sign": ["positive", "negative"], "rank": [0, 0], "token": [5, 6],
+         "value": [0.5, -0.5]}
+    )  # fmt: skip
+    recovery = pd.DataFrame(
+        {"sae": SAE, "feature": range(3), "importance": [1.0, 0.7, 0.5], "norm": [1.0, 1.0, 0.0],
+         "represented": [True, True, False], "max_cosine": [0.99, 0.95, 0.2],
+         "best_latent": [0, 1, 2], "recovered": [True, True, False]}
+    )  # fmt: skip
+    return {"metrics": metrics, "contexts": contexts, "histograms": histograms,
+            "logits": logits, "recovery": recovery}  # fmt: skip
+
+
+def _named(df: pd.DataFrame) -> pd.DataFrame:
+    return df.assign(model=NAME)
+
+
+def title_cases() -> dict[str, tuple[tuple[pd.DataFrame, ...], dict, tuple[str, ...]]]:
+    """``<experiment>.<figure>`` -> (its tables, its options, the names its title must hold)."""
+    g, s, a = _grokking_tables(), _superposition_tables(), _sae_tables()
+    return {
+        "induction.head_scores": ((_named(head_scores_table()),), {}, (NAME,)),
+        "induction.loss_by_position": ((_named(loss_table()),), {}, (NAME,)),
+        "induction.head_ablation": ((_named(ablation_table()),), {}, (NAME,)),
+        "induction.composition": ((_named(composition_table()),), {}, (NAME,)),
+        "induction.copying": ((_named(copying_table()),), {}, (NAME,)),
+        "induction.phase_change": ((_named(phase_table()),), {}, (NAME,)),
+        "grokking.grokking_curves": ((g["log"], g["phases"]), {}, (NAME,)),
+        "grokking.embedding_fourier": ((g["embedding"], g["keys"]), {}, (NAME,)),
+        "grokking.activation_maps": ((g["maps"],), {}, (NAME,)),
+        "grokking.progress_measures": ((g["progress"], g["phases"]), {}, (NAME,)),
+        "superposition.superposition": ((s["wtw"], s["features"]), {}, (NAME,)),
+        "superposition.dimensionality": ((s["features"], s["instances"]), {}, (NAME,)),
+        # one map per config, of the n = 2, m = 1 model: that is its name
+        "superposition.superposition_phases": ((s["phases"],), {}, ("n = 2, m = 1",)),
+        "saes.sae_frontier": ((a["metrics"],), {"model": NAME}, (NAME, HOOK)),
+        "saes.latent_dashboard": (
+            (a["contexts"], a["histograms"], a["logits"]),
+            {"model": NAME, "hook": HOOK, "sae": SAE},
+            (NAME, HOOK, SAE),
+        ),
+        "saes.toy_recovery": ((a["recovery"],), {"model": NAME}, (NAME, SAE)),
+    }
+
+
+def _registered() -> dict:
+    import importlib
+
+    return {
+        f"{experiment}.{name}": kind
+        for experiment in ("induction", "grokking", "superposition", "saes")
+        for name, kind in importlib.import_module(
+            f"mechflow.experiments.{experiment}.figures"
+        ).FIGURES.items()
+    }
+
+
+def test_every_registered_figure_has_a_title_case():
+    assert sorted(title_cases()) == sorted(_registered())
+
+
+@pytest.mark.parametrize("figure", sorted(title_cases()))
+def test_every_figure_title_names_what_it_shows(figure):
+    tables, options, names = title_cases()[figure]
+    kind = _registered()[figure]
+    assert set(options) <= set(kind.options)  # names a table lacks are options the rule passes
+    fig = kind.draw(*tables, **options)
+    # the figure's title: its suptitle, or the title of a single-panel figure
+    title = fig.get_suptitle() or (fig.axes[0].get_title() if len(fig.axes) == 1 else "")
+    for name in names:
+        assert name in title, f"{figure}: {name!r} not in its title {title!r}"

@@ -11,6 +11,8 @@ localrules:
     plot_embedding_fourier,
     plot_activation_maps,
     plot_progress_measures,
+    tabulate_grokking_checks,
+    tabulate_key_frequencies,
 
 
 rule train_grokking_model:
@@ -251,3 +253,54 @@ rule plot_progress_measures:
         runtime=5,
     shell:
         PLOT_SHELL
+
+
+# The headline numbers as tables in the report (mechflow.steps.render_table: HTML, since the
+# report shows a CSV only as a download).
+rule tabulate_grokking_checks:
+    input:
+        f"{RESULTS}/grokking/{{run}}/checks.csv",
+    output:
+        report(
+            f"{RESULTS}/grokking/{{run}}/checks.html",
+            caption="../report/grokking/checks_table.rst",
+            category="Grokking",
+            subcategory="{run}",
+        ),
+    params:
+        title="{run}: the paper's claims, checked",
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/tabulate_grokking_checks/{run}.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "python -m mechflow.steps.render_table --table {input:q} --title {params.title:q}"
+        " --show check value threshold passed meaning --out {output:q} > {log:q} 2>&1"
+
+
+rule tabulate_key_frequencies:
+    input:
+        f"{RESULTS}/grokking/{{run}}/key_frequencies.csv",
+    output:
+        report(
+            f"{RESULTS}/grokking/{{run}}/key_frequencies.html",
+            caption="../report/grokking/key_frequencies_table.rst",
+            category="Grokking",
+            subcategory="{run}",
+        ),
+    params:
+        title="{run}: key frequencies",
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/tabulate_key_frequencies/{run}.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "python -m mechflow.steps.render_table --table {input:q} --title {params.title:q}"
+        " --show frequency n_neurons neuron_share embedding_share key_fraction"
+        " --out {output:q} > {log:q} 2>&1"

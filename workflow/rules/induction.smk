@@ -9,6 +9,8 @@ localrules:
     plot_composition,
     plot_copying,
     plot_phase_change,
+    tabulate_head_scores,
+    tabulate_head_ablation,
 
 
 # Induction heads and composition (Elhage et al. 2021; Olsson et al. 2022): one table per analysis
@@ -335,3 +337,56 @@ rule plot_phase_change:
         runtime=5,
     shell:
         PLOT_OPTIONS_SHELL
+
+
+# The headline numbers as tables in the report (mechflow.steps.render_table: HTML, since the
+# report shows a CSV only as a download).
+rule tabulate_head_scores:
+    input:
+        f"{RESULTS}/induction/{{model}}/head_scores.csv",
+    output:
+        report(
+            f"{RESULTS}/induction/{{model}}/head_scores.html",
+            caption="../report/induction/head_scores_table.rst",
+            category="Induction heads",
+            subcategory="{model}",
+        ),
+    params:
+        title="{model}: attention-pattern head scores",
+        threshold=INDUCTION.setting("detection_threshold"),
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/tabulate_head_scores/{model}.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "python -m mechflow.steps.render_table --table {input:q} --title {params.title:q}"
+        " --index layer head --pivot score --values value --mark-above {params.threshold}"
+        " --out {output:q} > {log:q} 2>&1"
+
+
+rule tabulate_head_ablation:
+    input:
+        f"{RESULTS}/induction/{{model}}/head_ablation.csv",
+    output:
+        report(
+            f"{RESULTS}/induction/{{model}}/head_ablation.html",
+            caption="../report/induction/head_ablation_table.rst",
+            category="Induction heads",
+            subcategory="{model}",
+        ),
+    params:
+        title="{model}: loss increase (nats) from ablating one head",
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/tabulate_head_ablation/{model}.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "python -m mechflow.steps.render_table --table {input:q} --title {params.title:q}"
+        " --index layer head --pivot ablation --values delta"
+        " --out {output:q} > {log:q} 2>&1"

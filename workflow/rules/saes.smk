@@ -12,6 +12,7 @@ localrules:
     plot_sae_frontier,
     plot_latent_dashboard,
     plot_toy_recovery,
+    tabulate_sae_metrics,
 
 
 rule cache_toy_activations:
@@ -163,6 +164,7 @@ rule plot_sae_frontier:
     params:
         figure="saes.sae_frontier",
         tables=table_flags,
+        options=option_flags(model="{model}"),
     conda:
         "../../environment.yml"
     log:
@@ -171,7 +173,7 @@ rule plot_sae_frontier:
         mem_mb=1000,
         runtime=5,
     shell:
-        PLOT_SHELL
+        PLOT_OPTIONS_SHELL
 
 
 rule plot_latent_dashboard:
@@ -190,6 +192,7 @@ rule plot_latent_dashboard:
     params:
         figure="saes.latent_dashboard",
         tables=table_flags,
+        options=option_flags(model="{model}", hook="{hook}", sae="{sae}"),
     conda:
         "../../environment.yml"
     log:
@@ -198,7 +201,7 @@ rule plot_latent_dashboard:
         mem_mb=1000,
         runtime=5,
     shell:
-        PLOT_SHELL
+        PLOT_OPTIONS_SHELL
 
 
 rule plot_toy_recovery:
@@ -215,6 +218,7 @@ rule plot_toy_recovery:
     params:
         figure="saes.toy_recovery",
         tables=table_flags,
+        options=option_flags(model="{toy}", threshold=SAES.toy_setting("recovery_threshold")),
     conda:
         "../../environment.yml"
     log:
@@ -223,4 +227,32 @@ rule plot_toy_recovery:
         mem_mb=1000,
         runtime=5,
     shell:
-        PLOT_SHELL
+        PLOT_OPTIONS_SHELL
+
+
+# The headline numbers as a table in the report (mechflow.steps.render_table: HTML, since the
+# report shows a CSV only as a download).
+rule tabulate_sae_metrics:
+    input:
+        SAES.sweep_metrics,
+    output:
+        report(
+            f"{RESULTS}/saes/{{model}}/{{hook}}/sweep_metrics.html",
+            caption="../report/saes/sae_metrics_table.rst",
+            category="Sparse autoencoders",
+            subcategory="{model} {hook}",
+        ),
+    params:
+        title="{model} {hook}: SAE sweep metrics",
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/tabulate_sae_metrics/{model}/{hook}.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "python -m mechflow.steps.render_table --table {input:q} --title {params.title:q}"
+        " --index sae architecture --pivot metric --values value"
+        " --show sae architecture l0 explained_variance fvu ce_clean ce_sae ce_recovered_zero"
+        " ce_recovered_mean frac_dead frac_dense --out {output:q} > {log:q} 2>&1"

@@ -8,6 +8,7 @@ localrules:
     plot_superposition,
     plot_dimensionality,
     plot_superposition_phases,
+    tabulate_superposition_instances,
 
 
 rule train_toy_model:
@@ -152,3 +153,30 @@ rule plot_superposition_phases:
         runtime=5,
     shell:
         PLOT_SHELL
+
+
+# The headline numbers as a table in the report (mechflow.steps.render_table: HTML, since the
+# report shows a CSV only as a download).
+rule tabulate_superposition_instances:
+    input:
+        f"{RESULTS}/superposition/{{toy}}/instances.csv",
+    output:
+        report(
+            f"{RESULTS}/superposition/{{toy}}/instances.html",
+            caption="../report/superposition/instances_table.rst",
+            category="Superposition",
+            subcategory="{toy}",
+        ),
+    params:
+        title="{toy}: superposition per instance (feature probability)",
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/tabulate_superposition_instances/{toy}.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "python -m mechflow.steps.render_table --table {input:q} --title {params.title:q}"
+        " --show instance feature_probability sparsity n_features d_hidden dims_per_feature"
+        " features_per_dim n_represented fraction_represented --out {output:q} > {log:q} 2>&1"

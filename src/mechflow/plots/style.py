@@ -182,6 +182,13 @@ def annotate_cells(
             )
 
 
+def titled(what: str, *names: str | None) -> str:
+    """A default title that names what the figure shows: ``"<names>: <what>"`` (the model, run,
+    hook or SAE); names that are None, for a figure drawn without them, are left out."""
+    shown = [str(name) for name in names if name]
+    return f"{' '.join(shown)}: {what}" if shown else what
+
+
 def placeholder_figure(message: str, title: str) -> Figure:
     """A figure that says why there is nothing to plot, so the workflow still has its output."""
     with figure_style():

@@ -17,6 +17,7 @@ from mechflow.plots.style import (
     figure_style,
     model_name,
     new_figure,
+    titled,
 )
 
 logger = logging.getLogger(__name__)
@@ -64,10 +65,13 @@ def _check_phases(phases: pd.DataFrame, source: str) -> None:
 def grokking_curves_figure(
     log_df: pd.DataFrame, phases: pd.DataFrame, source: str = "train_log", title: str | None = None
 ) -> Figure:
-    """Train and test loss (log-log) and accuracy over epochs, phases shaded."""
+    """Train and test loss (log-log) and accuracy over epochs, phases shaded; the run is named
+    by the phases table (the train log has no model column)."""
     check_columns(log_df, LOG_COLUMNS, source)
     check_numeric(log_df, LOG_COLUMNS, source)
     _check_phases(phases, source)
+    check_columns(phases, ["model"], f"{source} (phases)")
+    run = model_name(phases, f"{source} (phases)")
     df = log_df[log_df["epoch"] > 0].sort_values("epoch")  # log x
     with figure_style():
         fig = new_figure(6.4, 5.6)
@@ -88,7 +92,8 @@ def grokking_curves_figure(
         acc_ax.set_ylabel("accuracy")
         acc_ax.set_xlabel("epoch (full-batch step)")
         acc_ax.set_title("(b) accuracy", loc="left")
-        fig.suptitle(f"{title or 'Grokking modular addition'}\n{_phase_note(phases)}")
+        default = titled("grokking modular addition", run)
+        fig.suptitle(f"{title or default}\n{_phase_note(phases)}")
     return fig
 
 

@@ -19,7 +19,14 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from mechflow.plots.style import FigureKind, check_columns, check_numeric, figure_style, new_figure
+from mechflow.plots.style import (
+    FigureKind,
+    check_columns,
+    check_numeric,
+    figure_style,
+    new_figure,
+    titled,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +34,9 @@ CONTEXT_COLUMNS = ("latent", "rank", "activation", "context")
 HISTOGRAM_COLUMNS = ("latent", "bin_left", "bin_right", "count", "frequency")
 LOGIT_COLUMNS = ("latent", "sign", "rank", "token", "value")
 METRIC_COLUMNS = ("sae", "hook", "architecture", "metric", "value")
-RECOVERY_COLUMNS = ("feature", "importance", "norm", "represented", "max_cosine", "best_latent")
-RECOVERY_THRESHOLD = 0.9
+RECOVERY_COLUMNS = (
+    "feature", "importance", "norm", "represented", "max_cosine", "best_latent", "recovered",
+)  # fmt: skip
 
 ARCH_STYLE = {  # colour, marker: one look per architecture across figures
     "relu": ("tab:blue", "o"),
@@ -57,8 +65,14 @@ def latent_dashboard_figure(
     logits: pd.DataFrame,
     source: str = "latent_summary",
     title: str | None = None,
+    model: str | None = None,
+    hook: str | None = None,
+    sae: str | None = None,
 ) -> Figure:
-    """One row per latent: histogram of nonzero activations | top contexts | logit effects."""
+    """One row per latent: histogram of nonzero activations | top contexts | logit effects.
+
+    The tables do not say which SAE they summarise: ``model``, ``hook`` and ``sae`` name it.
+    """
     check_columns(contexts, CONTEXT_COLUMNS, f"{source} (contexts)")
     check_columns(histograms, HISTOGRAM_COLUMNS, f"{source} (histograms)")
     check_columns(logits, LOGIT_COLUMNS, f"{source} (logits)")
@@ -84,7 +98,9 @@ def latent_dashboard_figure(
             _histogram_panel(hist_ax, histograms[histograms["latent"] == latent], latent)
             _context_panel(text_ax, contexts[contexts["latent"] == latent])
             _logit_panel(logit_ax, logits[logits["latent"] == latent])
-        fig.suptitle(title or "SAE latents: activations, top contexts and direct logit effects")
+        what = f"SAE {sae} latents" if sae else "SAE latents"
+        default = titled(f"{what} — activations, top contexts, direct logit effects", model, hook)
+        fig.suptitle(title or default)
     return fig
 
 
@@ -166,9 +182,13 @@ def _arch_style(arch: str, index: int) -> tuple[str, str]:
 
 
 def sae_frontier_figure(
-    metrics: pd.DataFrame, source: str = "sae_metrics", title: str | None = None
+    metrics: pd.DataFrame,
+    source: str = "sae_metrics",
+    title: str | None = None,
+    model: str | None = None,
 ) -> Figure:
-    """CE loss recovered (a) and FVU (b) against L0 (log), one line per architecture."""
+    """CE loss recovered (a) and FVU (b) against L0 (log), one line per architecture; ``model``
+    names the model whose hook the SAEs read (the metrics table names only the hook)."""
     wide = _wide_metrics(metrics, source)
     bad = wide["l0"].isna() | (wide["l0"] <= 0)
     if bad.any():
@@ -228,7 +248,8 @@ def sae_frontier_figure(
         if handles:
             axes[1].legend(handles, labels, loc="best")
         where = hooks[0] if len(hooks) == 1 else f"{len(hooks)} hooks"
-        fig.suptitle(title or f"SAE sparsity–fidelity frontier ({where}, {len(wide)} SAEs)")
+        what = f"SAE sparsity–fidelity frontier ({where}, {len(wide)} SAEs)"
+        fig.suptitle(title or titled(what, model))
     return fig
 
 
@@ -245,23 +266,36 @@ def _as_bool(series: pd.Series, source: str) -> np.ndarray:
 
 
 def toy_recovery_figure(
-    recovery: pd.DataFrame, source: str = "recovery", title: str | None = None
+    recovery: pd.DataFrame,
+    source: str = "recovery",
+    title: str | None = None,
+    model: str | None = None,
+    threshold: float | None = None,
 ) -> Figure:
-    """Max cosine of each true feature with any decoder row; unrepresented features greyed."""
+    """Max cosine of each true feature with any decoder row; unrepresented features greyed.
+
+    The SAE is named by the table's ``sae`` column, the toy model (not in the table) by ``model``.
+    Which features count as recovered is the table's ``recovered`` column (decided by the step
+    with the configured threshold); ``threshold`` only draws that line.
+    """
     check_columns(recovery, RECOVERY_COLUMNS, source)
     check_numeric(recovery, ["feature", "importance", "norm", "max_cosine"], source)
     if recovery.empty:
         raise ValueError(f"{source}: no features")
     if recovery["feature"].duplicated().any():
         raise ValueError(f"{source}: more than one row for a feature (one SAE per table)")
+    saes = sorted(recovery["sae"].astype(str).unique()) if "sae" in recovery else []
+    if len(saes) > 1:
+        raise ValueError(f"{source}: expected rows of one SAE, found {saes}")
     df = recovery.sort_values("feature").reset_index(drop=True)
     represented = _as_bool(df["represented"], source)
     cosine = df["max_cosine"].to_numpy(dtype=float)
-    found = represented & (cosine >= RECOVERY_THRESHOLD)
+    found = represented & _as_bool(df["recovered"], source)
     n_rep = int(represented.sum())
+    bound = f", max cosine ≥ {threshold:g}" if threshold is not None else ""
     note = (
         f"{int(found.sum())}/{n_rep} represented features recovered "
-        f"({found.sum() / n_rep:.0%}, max cosine ≥ {RECOVERY_THRESHOLD})"
+        f"({found.sum() / n_rep:.0%}{bound})"
         if n_rep
         else "no feature is represented by the toy model"
     )
@@ -276,7 +310,8 @@ def toy_recovery_figure(
             edgecolor=np.where(found, "black", "none"),
             linewidth=0.6,
         )
-        ax.axhline(RECOVERY_THRESHOLD, color="black", linestyle="--", linewidth=0.8)
+        if threshold is not None:
+            ax.axhline(threshold, color="black", linestyle="--", linewidth=0.8)
         step = max(1, len(df) // 20)
         ax.set_xticks(x[::step], [str(int(f)) for f in df["feature"][::step]])
         ax.set_xlim(-0.6, len(df) - 0.4)
@@ -288,22 +323,34 @@ def toy_recovery_figure(
             handles=[
                 Patch(color="tab:blue", label="represented by the toy model"),
                 Patch(color=UNREPRESENTED_COLOR, label="not represented"),
-                Patch(facecolor="white", edgecolor="black", label="recovered (≥ 0.9)"),
+                Patch(
+                    facecolor="white",
+                    edgecolor="black",
+                    label=f"recovered{bound.replace(', max cosine', '')}",
+                ),
             ],
             loc="outside lower center",
             ncols=3,
             fontsize=7,
         )
-        fig.suptitle(f"{title or 'Toy feature recovery by the SAE'}\n{note}")
+        what = f"feature recovery by SAE {saes[0]}" if saes else "feature recovery by the SAE"
+        fig.suptitle(f"{title or titled(what, model)}\n{note}")
     return fig
 
 
 # The figures of this experiment, as the generic figure step draws them (plot_<name> rules).
 FIGURES = {
-    "sae_frontier": FigureKind(draw=sae_frontier_figure, tables={"metrics": "source"}),
+    "sae_frontier": FigureKind(
+        draw=sae_frontier_figure, tables={"metrics": "source"}, options={"model": str}
+    ),
     "latent_dashboard": FigureKind(
         draw=latent_dashboard_figure,
         tables={"contexts": "source", "histograms": None, "logits": None},
+        options={"model": str, "hook": str, "sae": str},
     ),
-    "toy_recovery": FigureKind(draw=toy_recovery_figure, tables={"table": "source"}),
+    "toy_recovery": FigureKind(
+        draw=toy_recovery_figure,
+        tables={"table": "source"},
+        options={"model": str, "threshold": float},
+    ),
 }
