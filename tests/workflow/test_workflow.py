@@ -91,8 +91,7 @@ def test_schema_error_names_the_key(workflow_copy, tmp_path):
     proc = snakemake(workflow_copy, "-n", "--configfile", str(bad), check=False)
     assert proc.returncode != 0
     message = proc.stdout + proc.stderr
-    assert "-5 is less than the minimum of 1" in message
-    assert "['models']['attn_only_2l']['training']['steps']" in message
+    assert "models.attn_only_2l.training.steps: -5 is less than the minimum of 1" in message
     assert not (workflow_copy / "results").exists()
 
 
@@ -104,8 +103,10 @@ def test_schema_error_in_an_experiment_section_names_the_section(workflow_copy, 
     proc = snakemake(workflow_copy, "-n", "--configfile", str(bad), check=False)
     assert proc.returncode != 0
     message = proc.stdout + proc.stderr
-    assert "experiments.superposition" in message and "0 is less than the minimum of 1" in message
-    assert "['toy_models']['n5_m2']['steps']" in message
+    assert (
+        "experiments.superposition.toy_models.n5_m2.steps: 0 is less than the minimum of 1"
+        in message
+    )
 
 
 DUMMY_WIRING = """
@@ -196,7 +197,7 @@ def test_a_registered_experiment_runs_through_its_own_files_and_one_registry_lin
     proc = snakemake(work, "-n", "--configfile", "dummy.yaml", env=env, check=False)
     assert proc.returncode != 0
     assert (
-        "experiments.dummy: unknown experiment (registered: ['grokking'"
+        "experiments.dummy: unknown experiment; registered: grokking, induction, saes, superposition"
         in proc.stdout + proc.stderr
     )
 
@@ -230,10 +231,59 @@ def test_every_figure_is_built_and_a_second_run_does_nothing(tiny_run):
 
 @pytest.mark.slow
 def test_report_gathers_the_figures(tiny_run):
+    import base64
+
+    from mechflow.steps.render_table import format_value
+
     snakemake(tiny_run, "--configfile", "config/test.yaml", "--report", "report.html")
     html = (tiny_run / "report.html").read_text(errors="replace")
     assert "head_scores.png" in html and "phase_change.png" in html
     assert "progress_measures.png" in html and "activation_maps.png" in html
+    # The headline tables are HTML results, which the report shows inline (a CSV would only be a
+    # download link); it embeds each as a base64 data URI. Pages by their heading:
+    pages = {}
+    for data in re.findall(r"data:text/html;charset=utf8;filename=[^;]+;base64,([\w+/=]+)", html):
+        page = base64.b64decode(data).decode()
+        pages[re.search(r"<h1>(.*?)</h1>", page).group(1)] = page
+    assert sorted(pages) == sorted(
+        [
+            *(f"{m}: {what}" for m in ("attn_only_1l", "attn_only_2l")
+              for what in ("attention-pattern head scores",
+                           "loss increase (nats) from ablating one head")),
+            "modadd_37: the paper&#x27;s claims, checked",
+            "modadd_37: key frequencies",
+            "n5_m2: superposition per instance (feature probability)",
+            "attn_only_2l blocks.0.hook_resid_post: SAE sweep metrics",
+        ]
+    )  # fmt: skip
+
+    def cell(value) -> str:
+        return f">{format_value(float(value))}</td>"
+
+    # the run's own numbers are in the tables: the best induction head, marked as found
+    scores = table(tiny_run, "attn_only_2l", "head_scores")
+    best = scores[scores.score == "induction"].nlargest(1, "value").iloc[0]
+    heads = pages["attn_only_2l: attention-pattern head scores"]
+    assert f'<td class="num mark">{format_value(float(best.value))}</td>' in heads
+    assert re.search(r"<td>[\w, ]*induction</td>", heads)  # named in the column of marks
+    ablation = pages["attn_only_2l: loss increase (nats) from ablating one head"]
+    assert all(cell(v) in ablation for v in table(tiny_run, "attn_only_2l", "head_ablation").delta)
+    checks = pages["modadd_37: the paper&#x27;s claims, checked"]
+    for row in grokking_table(tiny_run, "checks").itertuples():
+        assert f"<td>{row.check}</td>" in checks and cell(row.value) in checks
+        assert cell(row.threshold) in checks
+    keys = pages["modadd_37: key frequencies"]
+    assert all(cell(v) in keys for v in grokking_table(tiny_run, "key_frequencies").embedding_share)
+    instances = pd.read_csv(tiny_run / "results/superposition/n5_m2/instances.csv")
+    page = pages["n5_m2: superposition per instance (feature probability)"]
+    assert all(cell(v) in page for v in instances.dims_per_feature)
+    metrics = sae_metrics(tiny_run)
+    page = pages["attn_only_2l blocks.0.hook_resid_post: SAE sweep metrics"]
+    for metric in ("l0", "explained_variance", "ce_recovered_zero"):
+        assert all(cell(v) in page for v in metrics[metrics.metric == metric].value)
+    # each table's caption says what its numbers mean
+    assert "The claims of Nanda et al. (2023), checked on run" in html
+    assert "The heads found in <tt" in html and "The SAE sweep on <tt" in html
 
 
 @pytest.mark.slow
@@ -399,3 +449,36 @@ def test_toy_sae_recovers_the_true_features(tiny_run):
     assert len(represented) >= 4  # the sparsest instance packs 5 features into 2 dimensions
     assert represented.recovered.mean() >= 0.9
     assert represented.max_cosine.min() > 0.8
+
+
+@pytest.mark.slow
+def test_the_readme_notebook_example_runs_on_the_tiny_run(tiny_run):
+    """README's "Results in a notebook" block, run as written from the run's directory."""
+    import subprocess
+    import sys
+
+    section = (ROOT / "README.md").read_text().split("\n## Results in a notebook\n", 1)[1]
+    (block,) = re.findall(r"```python\n(.*?)```", section.split("\n## ", 1)[0], re.DOTALL)
+    proc = subprocess.run(
+        [sys.executable, "-"],
+        input=block,
+        cwd=tiny_run,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+
+
+# --- what a job's log shows while it runs -------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_training_logs_report_progress(tiny_run):
+    text = (tiny_run / "logs/train_model/attn_only_2l.log").read_text()
+    lines = [line for line in text.splitlines() if "train attn_only_2l: step " in line]
+    assert len(lines) >= 2, text[-2000:]  # at least the first step and the last
+    steps = [re.search(r"step (\d+)/(\d+) \(\d+%\)", line).groups() for line in lines]
+    assert steps[-1][0] == steps[-1][1]  # the last line is the last step
+    assert re.search(r" loss \d+\.\d{3} \| \d+(\.\d+)? tokens/s \| .* elapsed$", lines[-1])
+    assert not list((tiny_run / "results").rglob("*.partial.csv"))  # live tables removed

@@ -41,12 +41,34 @@ class ModularRun:
 
         return load_model(self.model_dir, weights=weights)
 
+    def encode(self, a, b) -> Int[torch.Tensor, "pair 3"]:
+        """The tokens this run was trained on for the pairs (a, b): see :func:`encode_pairs`."""
+        return encode_pairs(self.modulus, a, b)
+
+
+def encode_pairs(modulus: int, a, b) -> Int[torch.Tensor, "pair 3"]:
+    """Model inputs ``[a, b, =]`` (``=`` is token ``modulus``), one row per pair, as in training.
+
+    ``a`` and ``b`` are ints or array-likes, broadcast against each other and flattened; a single
+    pair gives one row, so the result always has the batch axis a model call needs.
+    """
+    a, b = np.broadcast_arrays(np.asarray(a), np.asarray(b))
+    a, b = a.reshape(-1), b.reshape(-1)
+    for name, value in (("a", a), ("b", b)):
+        if not np.issubdtype(value.dtype, np.integer):
+            raise ValueError(f"{name} must be integers in [0, {modulus}), got {value.dtype}")
+        bad = value[(value < 0) | (value >= modulus)]
+        if bad.size:
+            raise ValueError(f"{name} must lie in [0, {modulus}), got {bad[:5].tolist()}")
+    inputs = np.stack([a, b, np.full_like(a, modulus)], axis=1)  # pair 3
+    return torch.from_numpy(inputs.astype(np.int64))
+
 
 def read_run(model_dir: str | Path) -> ModularRun:
     model_dir = Path(model_dir)
     config_path = model_dir / "config.json"
     if not config_path.is_file():
-        raise FileNotFoundError(f"--model-dir {model_dir}: no config.json (not a trained model)")
+        raise FileNotFoundError(f"{model_dir}: no config.json (not a trained model)")
     task = read_json(config_path).get("task")
     if not task or "modulus" not in task:
         raise ValueError(f"{config_path}: no 'task.modulus': not a grokking model")
