@@ -107,6 +107,11 @@ def dataset_path(name: str) -> str:
     return f"{RESULTS}/datasets/{name}.npy"
 
 
+def validation_path(name: str) -> str:
+    """The held-out split of a ``text`` dataset (make_text_dataset writes it)."""
+    return f"{RESULTS}/datasets/{name}.validation.npy"
+
+
 def activation_store(model: str, dataset: str) -> str:
     return f"{RESULTS}/activations/{model}/{dataset}.zarr"
 
@@ -124,18 +129,34 @@ def architecture_of(spec: dict[str, Any]) -> Architecture | None:
 
 
 def checkpoint_steps(training: dict[str, Any], length_key: str = "steps") -> list[int]:
+    """The configured checkpoints, every ``checkpoint_every`` steps and ``log_checkpoints``
+    log-spaced ones (1 .. steps: dense early, where a phase change shows first)."""
     steps = training[length_key]
     every = training.get("checkpoint_every")
     points = set(training.get("checkpoints", []))
     if every:
         points.update(range(0, steps + 1, every))
         points.add(steps)
+    n_log = training.get("log_checkpoints", 0)
+    if n_log:
+        points.update(log_spaced(steps, n_log))
     return sorted(points)
+
+
+def log_spaced(steps: int, n: int) -> list[int]:
+    """``n`` integer steps from 1 to ``steps``, evenly spaced in log (fewer where they collide)."""
+    if n == 1:
+        return [steps]
+    return sorted({round(steps ** (i / (n - 1))) for i in range(n)})
 
 
 def training_config(training: dict[str, Any]) -> dict[str, Any]:
     """The TrainingConfig fields of a config entry (dataset and checkpoint_every resolved away)."""
-    fields = {k: v for k, v in training.items() if k not in ("dataset", "checkpoint_every")}
+    fields = {
+        k: v
+        for k, v in training.items()
+        if k not in ("dataset", "checkpoint_every", "log_checkpoints")
+    }
     fields["checkpoints"] = checkpoint_steps(training)
     return fields
 
@@ -162,6 +183,7 @@ def expand_hooks(patterns: list[str], available: list[str]) -> list[str]:
 
 
 def sequence_length(dataset: dict[str, Any]) -> int:
+    """Positions per sequence, BOS included (``repeated_spans`` and ``text``: ``seq_len``)."""
     if dataset["kind"] == "repeated_random":
         return 1 + 2 * dataset["half_len"]
     return dataset["seq_len"]
@@ -285,7 +307,14 @@ class Workflow:
 
     def _check_datasets(self, problems: list[str]) -> None:
         for name, dataset in self.datasets.items():
-            if dataset["kind"] == "repeated_spans":
+            if dataset["kind"] == "text":
+                from mechflow.data.text import CorpusError
+
+                try:  # the files and the split by file, without reading them (~30 ms)
+                    self.text_corpus(name)
+                except CorpusError as err:
+                    problems.append(f"datasets.{name}.{err}")
+            elif dataset["kind"] == "repeated_spans":
                 lo, hi = dataset["span_len"]
                 if lo > hi:
                     problems.append(f"datasets.{name}.span_len: min {lo} > max {hi}")
@@ -318,6 +347,13 @@ class Workflow:
                 TrainingConfig.from_dict(training_config(training))
             except ValueError as err:
                 problems.append(f"models.{name}.{err}")
+            dataset = self.datasets.get(training["dataset"])
+            if training["eval_every"] and dataset is not None and dataset["kind"] != "text":
+                problems.append(
+                    f"models.{name}.training.eval_every: needs a held-out split, and dataset "
+                    f"{training['dataset']!r} is of kind {dataset['kind']!r}; allowed: a "
+                    "dataset of kind text (it has a validation split), or null"
+                )
             check_fits(
                 self.config, f"models.{name}.training.dataset", training["dataset"], name, problems
             )
@@ -345,6 +381,27 @@ class Workflow:
                     )
 
     # --- datasets -------------------------------------------------------------------------
+    def datasets_of_kind(self, *kinds: str) -> list[str]:
+        return [d for d, spec in self.datasets.items() if spec["kind"] in kinds]
+
+    def text_corpus(self, name: str) -> tuple[Path, dict[str, list[str]] | None]:
+        """(root, files per split) of a text dataset (see ``mechflow.data.text.plan_corpus``)."""
+        from mechflow.data.text import TextSpec, plan_corpus
+
+        spec = {k: v for k, v in self.datasets[name].items() if k != "kind"}
+        return plan_corpus(TextSpec.from_dict(spec))
+
+    def text_corpus_files(self, wildcards) -> list[str]:
+        """Input of a text dataset: the user's files, so that editing, adding or removing one
+        reruns it. Not the stdlib's (the provenance records the Python version instead)."""
+        from mechflow.data.text import STDLIB, corpus_files
+
+        spec = self.datasets[wildcards.dataset]
+        if spec["source"] == STDLIB:
+            return []
+        root, files = corpus_files(spec["source"], spec["pattern"], spec["include_tests"])
+        return [str(root)] if root.is_file() else [str(root / path) for path in files]
+
     def dataset_kind(self, wildcards) -> str:
         return self.datasets[wildcards.dataset]["kind"]
 
@@ -354,6 +411,15 @@ class Workflow:
     # --- models ---------------------------------------------------------------------------
     def training_dataset(self, wildcards) -> str:
         return dataset_path(self.models[wildcards.model]["training"]["dataset"])
+
+    def validation_dataset(self, wildcards) -> list[str]:
+        """The held-out split a model's validation loss reads ([] without ``eval_every``)."""
+        training = self.models[wildcards.model]["training"]
+        return [validation_path(training["dataset"])] if training["eval_every"] else []
+
+    def validation_flag(self, wildcards) -> str:
+        paths = self.validation_dataset(wildcards)
+        return f"--validation-tokens {shlex.quote(paths[0])}" if paths else ""
 
     def architecture_json(self, wildcards) -> str:
         return as_json(self.architecture(wildcards.model).to_dict())

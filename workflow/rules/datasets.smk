@@ -1,6 +1,8 @@
 rule make_dataset:
     output:
         f"{RESULTS}/datasets/{{dataset}}.npy",
+    wildcard_constraints:
+        dataset=alternation(W.datasets_of_kind("repeated_spans", "repeated_random")),
     params:
         kind=W.dataset_kind,
         spec=W.dataset_spec,
@@ -14,3 +16,35 @@ rule make_dataset:
     shell:
         "python -m mechflow.steps.make_dataset --kind {params.kind} --spec {params.spec:q}"
         " --out {output:q} > {log:q} 2>&1"
+
+
+# A dataset of kind `text`: the train split under the name every dataset has (what models train
+# on and activations are cached from), its validation split, tokenizer and provenance beside it.
+# `dataset` matches slugs only, so `<name>.validation` is never a dataset of make_dataset's.
+rule make_text_dataset:
+    input:
+        W.text_corpus_files,
+    output:
+        train=f"{RESULTS}/datasets/{{dataset}}.npy",
+        validation=f"{RESULTS}/datasets/{{dataset}}.validation.npy",
+        tokenizer=f"{RESULTS}/datasets/{{dataset}}.tokenizer.json",
+        provenance=f"{RESULTS}/datasets/{{dataset}}.json",
+    wildcard_constraints:
+        dataset=alternation(W.datasets_of_kind("text")),
+    params:
+        spec=W.dataset_spec,
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/make_text_dataset/{dataset}.log",
+    benchmark:
+        "benchmarks/make_text_dataset/{dataset}.tsv"
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m mechflow.steps.make_text_dataset --spec {params.spec:q} --threads {threads}"
+        " --out {output.train:q} --validation-out {output.validation:q}"
+        " --tokenizer-out {output.tokenizer:q} --provenance-out {output.provenance:q}"
+        " > {log:q} 2>&1"

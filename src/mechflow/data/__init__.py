@@ -1,1 +1,2 @@
-"""Task generators and token datasets (all generated locally: nothing is downloaded)."""
+"""Task generators, token datasets, and text corpora with the BPE tokenizer trained on them
+(all local: nothing is downloaded)."""
