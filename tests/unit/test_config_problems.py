@@ -201,3 +201,39 @@ def test_a_model_nothing_uses_is_a_warning(test_config):
         "models.gpt2: declared, but no enabled experiment uses it (nothing is imported for it)",
     ]
     assert Workflow(config).used_models() == ["attn_only_1l", "attn_only_2l"]
+
+
+def test_a_validation_loss_needs_a_text_dataset(test_config):
+    lines = problems_of(
+        test_config, lambda c: c["models"]["attn_only_2l"]["training"].update(eval_every=100)
+    )
+    assert lines == [
+        "models.attn_only_2l.training.eval_every: needs a held-out split, and dataset "
+        "'induction_train' is of kind 'repeated_spans'; allowed: a dataset of kind text (it has "
+        "a validation split), or null"
+    ]
+
+
+def test_a_model_on_text_reads_its_validation_split(test_config, tmp_path):
+    from types import SimpleNamespace
+
+    config = copy.deepcopy(test_config)
+    (tmp_path / "a.txt").write_text("some text\n" * 50)
+    (tmp_path / "b.txt").write_text("more text\n" * 50)
+    config["datasets"]["corpus"] = {
+        "kind": "text", "source": str(tmp_path), "pattern": "*.txt", "seq_len": 64,
+        "d_vocab": 128, "validation_fraction": 0.5,
+    }  # fmt: skip
+    training = config["models"]["attn_only_2l"]["training"]
+    training.update(dataset="corpus", eval_every=100)
+    problems = [p for p in config_problems(config, SCHEMAS)[0] if "validation" in p]
+    assert problems == [] or all("corpus" in p for p in problems), problems
+    workflow = Workflow(config)
+    wildcards = SimpleNamespace(model="attn_only_2l")
+    assert workflow.validation_dataset(wildcards) == ["results/datasets/corpus.validation.npy"]
+    assert workflow.validation_flag(wildcards) == (
+        "--validation-tokens results/datasets/corpus.validation.npy"
+    )
+    plain = copy.deepcopy(test_config)
+    assert config_problems(plain, SCHEMAS)[0] == []  # fills the schema's defaults in
+    assert Workflow(plain).validation_flag(wildcards) == ""

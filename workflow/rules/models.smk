@@ -1,6 +1,7 @@
 rule train_model:
     input:
         tokens=W.training_dataset,
+        validation=W.validation_dataset,
     output:
         weights=f"{RESULTS}/models/{{model}}/model.safetensors",
         config=f"{RESULTS}/models/{{model}}/config.json",
@@ -12,6 +13,7 @@ rule train_model:
         device=get_device,
         architecture=W.architecture_json,
         training=W.training_json,
+        validation=W.validation_flag,
         out_dir=subpath(output.weights, parent=True),
     conda:
         "../../environment.yml"
@@ -26,7 +28,7 @@ rule train_model:
         runtime=60,
     shell:
         "python -m mechflow.steps.train_model --architecture {params.architecture:q}"
-        " --training {params.training:q} --tokens {input.tokens:q}"
+        " --training {params.training:q} --tokens {input.tokens:q} {params.validation}"
         " --threads {threads} --device {params.device} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 

@@ -79,6 +79,9 @@ class Architecture:
         return dataclasses.asdict(self)
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainingConfig:
     """How a model is trained.
@@ -88,9 +91,14 @@ class TrainingConfig:
         batch_size: sequences per step.
         lr, weight_decay, betas: AdamW settings.
         warmup_steps: linear learning-rate warm-up.
+        lr_schedule: after the warm-up, ``constant`` or ``cosine`` (down to
+            ``min_lr_fraction * lr`` at the last step).
+        grad_clip: clip the global gradient norm to this (None: no clipping).
         checkpoints: steps at which weights are saved (for curves over training).
         seed: initialisation and batch-order seed.
         log_every: steps between loss-log rows.
+        eval_every: steps between validation losses (a multiple of log_every; None: none).
+        eval_sequences: validation sequences each validation loss averages over.
     """
 
     steps: int
@@ -99,15 +107,39 @@ class TrainingConfig:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 0
+    lr_schedule: str = "constant"
+    min_lr_fraction: float = 0.1
+    grad_clip: float | None = None
     checkpoints: tuple[int, ...] = field(default_factory=tuple)
     seed: int = 0
     log_every: int = 10
+    eval_every: int | None = None
+    eval_sequences: int = 64
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("training.steps and training.batch_size must be >= 1")
         if self.lr <= 0:
             raise ValueError(f"training.lr must be > 0, got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"training.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}"
+            )
+        if not 0 <= self.min_lr_fraction <= 1:
+            raise ValueError(
+                f"training.min_lr_fraction must be in [0, 1], got {self.min_lr_fraction}"
+            )
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"training.grad_clip must be > 0, got {self.grad_clip}")
+        if self.eval_every is not None and (
+            self.eval_every < 1 or self.eval_every % self.log_every
+        ):
+            raise ValueError(
+                f"training.eval_every ({self.eval_every}) must be a positive multiple of "
+                f"log_every ({self.log_every})"
+            )
+        if self.eval_sequences < 1:
+            raise ValueError(f"training.eval_sequences must be >= 1, got {self.eval_sequences}")
         bad = [s for s in self.checkpoints if not 0 <= s <= self.steps]
         if bad:
             raise ValueError(f"training.checkpoints {bad} lie outside [0, steps={self.steps}]")

@@ -1,4 +1,5 @@
-"""Train a HookedTransformer on a token dataset with next-token loss (AdamW, warm-up).
+"""Train a HookedTransformer on a token dataset with next-token loss (AdamW, warm-up, then a
+constant or cosine learning rate; optional gradient clipping and validation loss).
 
 A run given a resume directory can be killed and rerun: after each checkpoint it saves what the
 loop carries (weights, AdamW and schedule state, step, loss-log rows, RNG state; written
@@ -11,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 import os
 import shutil
 from collections.abc import Callable
@@ -35,6 +37,39 @@ log = logging.getLogger(__name__)
 RESUME_STATE = "state.pt"
 RESUME_FORMAT = 1
 LOG_COLUMNS = ["step", "loss", "lr"]
+VALIDATION_COLUMN = "val_loss"  # in the log only when a validation set is given
+
+
+def log_columns(validation: bool) -> list[str]:
+    return [*LOG_COLUMNS, VALIDATION_COLUMN] if validation else list(LOG_COLUMNS)
+
+
+def lr_factor(cfg: TrainingConfig, index: int) -> float:
+    """The learning rate of optimiser step ``index + 1`` over ``cfg.lr``: linear warm-up, then
+    constant or a cosine down to ``min_lr_fraction`` at the last step."""
+    step = index + 1
+    warmup = max(cfg.warmup_steps, 1)
+    if cfg.lr_schedule == "constant" or step <= cfg.warmup_steps:
+        return min(1.0, step / warmup)
+    done = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    floor = cfg.min_lr_fraction
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * done))
+
+
+@torch.inference_mode()
+def validation_loss(
+    model: HookedTransformer, data: Int[torch.Tensor, "seq pos"], batch_size: int
+) -> float:
+    """Mean next-token loss over ``data`` (every sequence weighs the same)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for start in range(0, len(data), batch_size):
+        batch = data[start : start + batch_size].to(device)
+        total += model(batch, return_type="loss").item() * len(batch)
+    model.train(was_training)
+    return total / len(data)
 
 
 def thread_invariant_length(n_pos: int) -> bool:
@@ -67,12 +102,15 @@ def train(
     resume_dir: str | os.PathLike | None = None,
     on_log: Callable[[list[dict[str, Any]]], None] | None = None,
     desc: str = "train",
+    validation: Int[np.ndarray, "seq pos"] | None = None,
 ) -> pd.DataFrame:
     """Train in place; call ``on_checkpoint(step, model)`` at each configured step.
 
     Step 0 is the initialisation. Returns the loss log (long format: step, loss, lr); each row
     is handed to ``on_log`` as it is logged (a resumed run's earlier rows first, in one call).
-    Progress (``desc``: its label) is reported unless ``progress`` is False.
+    Progress (``desc``: its label) is reported unless ``progress`` is False. With
+    ``validation`` tokens and ``cfg.eval_every``, the log gains ``val_loss`` (on the first
+    ``cfg.eval_sequences`` validation sequences) every ``eval_every`` steps and at the end.
 
     With ``resume_dir``, the loop's state is saved there after each checkpoint but the last
     (once ``on_checkpoint`` has returned), and a call whose config, initial weights, tokens and
@@ -98,8 +136,14 @@ def train(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas
     )
-    warmup = max(cfg.warmup_steps, 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s))
+    held_out = None
+    if validation is not None and cfg.eval_every is not None:
+        if validation.ndim != 2 or validation.shape[1] > model.cfg.n_ctx:
+            raise ValueError(f"validation tokens must be (seq, pos<=n_ctx), got {validation.shape}")
+        if int(validation.max()) >= model.cfg.d_vocab:
+            raise ValueError(f"validation token id {int(validation.max())} >= d_vocab")
+        held_out = torch.from_numpy(np.array(validation[: cfg.eval_sequences], dtype=np.int64))
     checkpoints = set(cfg.checkpoints)
     rows: list[dict[str, Any]] = []
     start = 0
@@ -144,11 +188,21 @@ def train(
             raise FloatingPointError(f"training diverged: loss is {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         scheduler.step()
         if step % cfg.log_every == 0 or step == cfg.steps:
             rows.append({"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]})
-            bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}")
+            if held_out is not None:
+                evaluate = step % cfg.eval_every == 0 or step == cfg.steps
+                rows[-1][VALIDATION_COLUMN] = (
+                    validation_loss(model, held_out, cfg.batch_size) if evaluate else math.nan
+                )
+            shown = {"loss": f"{rows[-1]['loss']:.3f}"}
+            if not math.isnan(rows[-1].get(VALIDATION_COLUMN, math.nan)):
+                shown["val_loss"] = f"{rows[-1][VALIDATION_COLUMN]:.3f}"
+            bar.set_postfix(**shown)
             if on_log is not None:
                 on_log(rows[-1:])
         if step in checkpoints:
@@ -157,7 +211,7 @@ def train(
             if resume_dir is not None and step < cfg.steps:
                 _write_resume_state(resume_dir, identity, step, model, optimizer, scheduler, rows)
     model.eval()
-    return pd.DataFrame(rows, columns=LOG_COLUMNS)
+    return pd.DataFrame(rows, columns=log_columns(held_out is not None))
 
 
 def run_identity(

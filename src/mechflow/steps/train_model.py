@@ -22,7 +22,7 @@ from mechflow.data.tokens import load_tokens
 from mechflow.models.build import build_model, save_model, save_weights
 from mechflow.models.checkpoints import checkpoint_name
 from mechflow.models.config import Architecture, TrainingConfig
-from mechflow.models.train import LOG_COLUMNS, train
+from mechflow.models.train import log_columns, train
 from mechflow.progress import LiveTable, live_path
 from mechflow.runtime import add_runtime_flags, pick_device, seed_everything
 from mechflow.steps import json_object, parse_and_run, step_parser
@@ -64,12 +64,18 @@ def run(
     training: dict,
     tokens_path: Path,
     out_dir: Path,
+    validation_path: Path | None = None,
     device: str = "auto",
     progress: bool = True,
 ) -> None:
     arch = Architecture.from_dict(architecture)
     cfg = TrainingConfig.from_dict(training)
     tokens = load_tokens(tokens_path)
+    validation = load_tokens(validation_path) if validation_path is not None else None
+    if (validation is None) != (cfg.eval_every is None):
+        raise ValueError(
+            "training.eval_every and --validation-tokens go together: give both or neither"
+        )
     if tokens.shape[1] > arch.n_ctx:
         raise ValueError(
             f"{tokens_path}: sequences of length {tokens.shape[1]} exceed n_ctx={arch.n_ctx}"
@@ -88,7 +94,8 @@ def run(
         _link(kept, ckpt_dir / kept.name)
 
     start = time.perf_counter()
-    with LiveTable(live_path(out_dir / LOG_FILE), LOG_COLUMNS) as live:
+    columns = log_columns(validation is not None)
+    with LiveTable(live_path(out_dir / LOG_FILE), columns) as live:
         loss_log = train(
             model,
             tokens,
@@ -98,6 +105,7 @@ def run(
             resume_dir=resume_dir,
             on_log=live.append,
             desc=f"train {out_dir.name}",
+            validation=validation,
         )
     seconds = time.perf_counter() - start
     _publish_checkpoints(resume_dir, ckpt_dir)
@@ -112,6 +120,11 @@ def run(
             "training": json.loads(json.dumps(training)),
             "dataset": {"path": str(tokens_path), "sha256": file_sha256(tokens_path)},
             "final_loss": float(loss_log["loss"].iloc[-1]),
+            **(
+                {"final_val_loss": float(loss_log["val_loss"].iloc[-1])}
+                if validation is not None
+                else {}
+            ),
             "train_seconds": round(seconds, 2),
             "versions": package_versions(),
             "git_revision": git_revision(),
@@ -132,6 +145,13 @@ def main(argv: list[str] | None = None) -> None:
         "--training", required=True, type=json_object, help="TrainingConfig as JSON"
     )
     parser.add_argument("--tokens", dest="tokens_path", required=True, type=Path)
+    parser.add_argument(
+        "--validation-tokens",
+        dest="validation_path",
+        type=Path,
+        default=None,
+        help="held-out tokens for the validation loss (with training.eval_every)",
+    )
     add_runtime_flags(parser, device=True)
     parser.add_argument("--out-dir", required=True, type=Path)
     parse_and_run(parser, run, argv)
