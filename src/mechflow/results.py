@@ -201,8 +201,10 @@ class Run:
 
     # --- datasets and activation stores -------------------------------------------------------
     def datasets(self) -> list[str]:
-        """Names of the token datasets (``results/datasets/{name}.npy``)."""
-        return sorted(p.stem for p in (self.results / DATASETS).glob("*.npy"))
+        """Names of the token datasets (``results/datasets/{name}.npy``; a text dataset's
+        held-out split, ``{name}.validation.npy``, is ``dataset("{name}.validation")``)."""
+        files = (self.results / DATASETS).glob("*.npy")
+        return sorted(p.stem for p in files if "." not in p.stem)
 
     def dataset(self, name: str) -> np.ndarray:
         """A token dataset, ``(seq, pos)`` integer ids, memory-mapped (read on slicing)."""
