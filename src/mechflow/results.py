@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from mechflow.artifacts import file_sha256, read_json
 from mechflow.experiments import EXPERIMENTS
+from mechflow.models import WEIGHTS_FILE
 from mechflow.wiring import RESULTS, activation_store, dataset_path
 
 if TYPE_CHECKING:
@@ -118,7 +119,7 @@ class Run:
         ``step=`` for language models (``checkpoints/step_<N>.safetensors``), ``epoch=`` for
         grokking runs (``epoch_<N>``). ``name`` is a model's name, or its folder under
         ``results/`` (``grokking/models/modadd_37``) where two experiments use the same name."""
-        from mechflow.models.build import WEIGHTS_FILE, load_model
+        from mechflow.models.build import load_model
 
         model_dir = self._model_dir(name)
         if step is not None and epoch is not None:
@@ -492,7 +493,7 @@ def _is_model(path: Path) -> bool:
 
     The file names are mechflow.models.build's, spelt out: importing it imports torch."""
     config = path / "config.json"
-    if not (config.is_file() and (path / "model.safetensors").is_file()):
+    if not (config.is_file() and (path / WEIGHTS_FILE).is_file()):
         return False
     try:
         return "hooked_transformer_config" in read_json(config)

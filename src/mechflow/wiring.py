@@ -19,10 +19,10 @@ from typing import Any
 from mechflow.config_problems import did_you_mean, read_numbers, schema_problems, unknown_name
 from mechflow.experiments import EXPERIMENTS, load_experiments
 from mechflow.experiments.base import Experiment
+from mechflow.models import WEIGHTS_FILE
 from mechflow.models.config import Architecture, TrainingConfig, hook_names
 
 RESULTS = "results"
-WEIGHTS_FILE = "model.safetensors"  # mechflow.models.build.WEIGHTS_FILE, without torch
 
 
 class ConfigError(ValueError):

@@ -21,21 +21,6 @@ ARCH = {
 }
 
 
-@pytest.fixture
-def train_tokens(tmp_path):
-    out = tmp_path / "train.npy"
-    spec = {
-        "n_sequences": 40,
-        "seq_len": 24,
-        "d_vocab": 20,
-        "span_len": [3, 6],
-        "spans_per_seq": 1,
-        "seed": 0,
-    }
-    make_dataset.main(["--kind", "repeated_spans", "--spec", json.dumps(spec), "--out", str(out)])
-    return out
-
-
 def test_make_dataset_writes_the_requested_shape(train_tokens, tmp_path):
     assert load_tokens(train_tokens).shape == (40, 24)
     out = tmp_path / "probe.npy"

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from mechflow import progress
-from mechflow.steps import make_dataset, train_model, train_sae
+from mechflow.steps import train_model, train_sae
 
 ARCH = {
     "n_layers": 1, "d_model": 16, "n_heads": 2, "d_head": 8, "n_ctx": 24, "d_vocab": 20,
@@ -34,21 +34,6 @@ class Killed(Exception):
     pass
 
 
-@pytest.fixture
-def tokens(tmp_path):
-    out = tmp_path / "train.npy"
-    spec = {
-        "n_sequences": 40,
-        "seq_len": 24,
-        "d_vocab": 20,
-        "span_len": [3, 6],
-        "spans_per_seq": 1,
-        "seed": 0,
-    }
-    make_dataset.main(["--kind", "repeated_spans", "--spec", json.dumps(spec), "--out", str(out)])
-    return out
-
-
 def no_terminal(monkeypatch) -> io.StringIO:
     """stderr redirected to a file, as Snakemake runs a job (whatever pytest was run from).
     Called in the test itself: pytest sets its own sys.stderr between setup and call."""
@@ -64,11 +49,11 @@ def train_argv(tokens, out, training=TRAINING):
     ]  # fmt: skip
 
 
-def test_train_model_logs_progress_lines(tokens, tmp_path, monkeypatch, caplog):
+def test_train_model_logs_progress_lines(train_tokens, tmp_path, monkeypatch, caplog):
     stderr = no_terminal(monkeypatch)
     monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)  # a line at every step
     with caplog.at_level(logging.INFO, logger="mechflow"):
-        train_model.main(train_argv(tokens, tmp_path / "model"))
+        train_model.main(train_argv(train_tokens, tmp_path / "model"))
     lines = [r.getMessage() for r in caplog.records if r.name == "mechflow.models.train"]
     steps = [int(m.group(1)) for line in lines if (m := LINE.fullmatch(line.split(", ETA")[0]))]
     assert steps == list(range(5, 21)), lines  # a loss from the first logged step (5) on
@@ -76,10 +61,10 @@ def test_train_model_logs_progress_lines(tokens, tmp_path, monkeypatch, caplog):
     assert stderr.getvalue() == ""  # no tqdm bar off a terminal
 
 
-def test_default_interval_logs_first_and_last_step(tokens, tmp_path, monkeypatch, caplog):
+def test_default_interval_logs_first_and_last_step(train_tokens, tmp_path, monkeypatch, caplog):
     no_terminal(monkeypatch)
     with caplog.at_level(logging.INFO, logger="mechflow.models.train"):
-        train_model.main(train_argv(tokens, tmp_path / "model"))
+        train_model.main(train_argv(train_tokens, tmp_path / "model"))
     lines = [r.getMessage() for r in caplog.records if "train model: step" in r.getMessage()]
     assert [line.split(" (")[0] for line in lines] == [
         "train model: step 1/20",
@@ -105,29 +90,31 @@ def logging_checkpoints(real_train, seen, kill_at=None):
     return train
 
 
-def test_live_table_grows_while_training_and_is_removed(tokens, tmp_path, monkeypatch):
+def test_live_table_grows_while_training_and_is_removed(train_tokens, tmp_path, monkeypatch):
     out = tmp_path / "model"
     seen = {}
     monkeypatch.setattr(train_model, "train", logging_checkpoints(train_model.train, seen))
-    train_model.run(ARCH, TRAINING, tokens, out, device="cpu", progress=False)
+    train_model.run(ARCH, TRAINING, train_tokens, out, device="cpu", progress=False)
     assert seen == {0: [], 10: [5, 10], 20: [5, 10, 15, 20]}
     assert not (out / "train_log.partial.csv").exists()
     assert pd.read_csv(out / "train_log.csv")["step"].tolist() == [5, 10, 15, 20]
 
 
-def test_live_table_of_a_resumed_run_restarts_from_the_resumed_rows(tokens, tmp_path, monkeypatch):
+def test_live_table_of_a_resumed_run_restarts_from_the_resumed_rows(
+    train_tokens, tmp_path, monkeypatch
+):
     out = tmp_path / "model"
     training = {**TRAINING, "steps": 30, "checkpoints": [0, 10, 20, 30]}
     killed = {}
     with monkeypatch.context() as patch:
         patch.setattr(train_model, "train", logging_checkpoints(train_model.train, killed, 20))
         with pytest.raises(Killed):
-            train_model.run(ARCH, training, tokens, out, device="cpu", progress=False)
+            train_model.run(ARCH, training, train_tokens, out, device="cpu", progress=False)
     live = out / "train_log.partial.csv"
     assert pd.read_csv(live)["step"].tolist() == [5, 10, 15, 20]  # left by the killed run
     resumed = {}
     monkeypatch.setattr(train_model, "train", logging_checkpoints(train_model.train, resumed))
-    train_model.run(ARCH, training, tokens, out, device="cpu", progress=False)
+    train_model.run(ARCH, training, train_tokens, out, device="cpu", progress=False)
     # resumed at step 10 (the last saved state): rows 5 and 10 again, then the new ones
     assert resumed == {20: [5, 10, 15, 20], 30: [5, 10, 15, 20, 25, 30]}
     assert not live.exists()

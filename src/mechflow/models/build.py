@@ -23,6 +23,7 @@ from mechflow.artifacts import (
     save_safetensors,
     write_json,
 )
+from mechflow.models import WEIGHTS_FILE
 from mechflow.models.config import Architecture
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 # config.json's record of the weights file, checked on load (absent in models saved before it).
 WEIGHTS_SHA256_KEY = "weights_sha256"
