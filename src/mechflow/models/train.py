@@ -1,5 +1,7 @@
-"""Train a HookedTransformer on a token dataset with next-token loss (AdamW, warm-up, then a
-constant or cosine learning rate; optional gradient clipping and validation loss).
+"""Train a HookedTransformer on a token dataset (AdamW, warm-up, then a constant or cosine
+learning rate; optional gradient clipping and validation loss). The loss is an objective
+(``mechflow.models.objectives``): next-token prediction unless told otherwise, or one reading
+arrays aligned with the tokens (labels, targets, an attention mask).
 
 A run given a resume directory can be killed and rerun: after each checkpoint it saves what the
 loop carries (weights, AdamW and schedule state, step, loss-log rows, RNG state; written
@@ -15,7 +17,7 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +29,7 @@ from jaxtyping import Int
 from mechflow.artifacts import atomic_path, config_hash
 from mechflow.models.checkpoints import load_resume_state
 from mechflow.models.config import TrainingConfig
+from mechflow.models.objectives import NextToken, Objective
 from mechflow.progress import Progress
 
 if TYPE_CHECKING:
@@ -38,6 +41,9 @@ RESUME_STATE = "state.pt"
 RESUME_FORMAT = 1
 LOG_COLUMNS = ["step", "loss", "lr"]
 VALIDATION_COLUMN = "val_loss"  # in the log only when a validation set is given
+
+# Training data: a token array (seq, pos), or arrays sharing their first axis, one of them tokens.
+TrainingData = Int[np.ndarray, "seq pos"] | Mapping[str, np.ndarray]
 
 
 def log_columns(validation: bool) -> list[str]:
@@ -58,18 +64,26 @@ def lr_factor(cfg: TrainingConfig, index: int) -> float:
 
 @torch.inference_mode()
 def validation_loss(
-    model: HookedTransformer, data: Int[torch.Tensor, "seq pos"], batch_size: int
+    model: HookedTransformer,
+    data: Int[torch.Tensor, "seq pos"] | Mapping[str, torch.Tensor],
+    batch_size: int,
+    objective: Objective | None = None,
 ) -> float:
-    """Mean next-token loss over ``data`` (every sequence weighs the same)."""
+    """Mean loss over ``data`` (tokens, or aligned tensors), weighed as ``objective`` says
+    (next-token loss by default: every sequence weighs the same)."""
+    objective = NextToken() if objective is None else objective
+    data = data if isinstance(data, Mapping) else {"tokens": data}
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    total = 0.0
-    for start in range(0, len(data), batch_size):
-        batch = data[start : start + batch_size].to(device)
-        total += model(batch, return_type="loss").item() * len(batch)
+    total, weight = 0.0, 0
+    for start in range(0, len(data["tokens"]), batch_size):
+        batch = {name: array[start : start + batch_size].to(device) for name, array in data.items()}
+        batch_total, batch_weight = objective.loss_terms(model, batch)
+        total += batch_total
+        weight += batch_weight
     model.train(was_training)
-    return total / len(data)
+    return total / weight if weight else math.nan
 
 
 def thread_invariant_length(n_pos: int) -> bool:
@@ -93,37 +107,76 @@ def batch_indices(n_sequences: int, batch_size: int, steps: int, seed: int) -> n
     return order[:needed].reshape(steps, batch_size)
 
 
+def _arrays(
+    model: HookedTransformer, data: TrainingData, objective: Objective, what: str = ""
+) -> dict[str, np.ndarray]:
+    """``data`` as named arrays, checked against the model and the objective (``what``: a
+    prefix naming them in errors, e.g. ``"validation "``)."""
+    arrays = dict(data) if isinstance(data, Mapping) else {"tokens": data}
+    if "tokens" not in arrays:
+        raise ValueError(f"{what}arrays need tokens, got {sorted(arrays)}")
+    tokens = arrays["tokens"]
+    if tokens.ndim != 2:
+        raise ValueError(f"{what}tokens must be (seq, pos), got shape {tokens.shape}")
+    if tokens.shape[1] > model.cfg.n_ctx:
+        raise ValueError(
+            f"{what}sequences of length {tokens.shape[1]} exceed n_ctx={model.cfg.n_ctx}"
+        )
+    if int(tokens.max()) >= model.cfg.d_vocab:
+        raise ValueError(f"{what}token id {int(tokens.max())} >= d_vocab={model.cfg.d_vocab}")
+    unaligned = {name: len(a) for name, a in arrays.items() if len(a) != len(tokens)}
+    if unaligned:
+        raise ValueError(
+            f"{what}arrays must share their first axis: {len(tokens)} token sequences, "
+            f"lengths {unaligned}"
+        )
+    objective.check(arrays, model)
+    return arrays
+
+
+def _tensors(arrays: Mapping[str, np.ndarray], rows: slice = slice(None)) -> dict:
+    """Torch copies (off any mmap); tokens as int64, the rest in their own dtype."""
+    return {
+        name: torch.from_numpy(np.array(a[rows], dtype=np.int64 if name == "tokens" else None))
+        for name, a in arrays.items()
+    }
+
+
 def train(
     model: HookedTransformer,
-    tokens: Int[np.ndarray, "seq pos"],
+    tokens: TrainingData,
     cfg: TrainingConfig,
     on_checkpoint: Callable[[int, HookedTransformer], None] | None = None,
     progress: bool = True,
     resume_dir: str | os.PathLike | None = None,
     on_log: Callable[[list[dict[str, Any]]], None] | None = None,
     desc: str = "train",
-    validation: Int[np.ndarray, "seq pos"] | None = None,
+    validation: TrainingData | None = None,
+    objective: Objective | None = None,
 ) -> pd.DataFrame:
-    """Train in place; call ``on_checkpoint(step, model)`` at each configured step.
+    """Train in place on ``objective`` (default: next-token prediction); call
+    ``on_checkpoint(step, model)`` at each configured step.
+
+    ``tokens`` is a token array (seq, pos) or a mapping of arrays sharing their first axis,
+    ``tokens`` among them, with what the objective reads (e.g. ``labels``, ``targets``,
+    ``attention_mask``); each step's batch takes the same rows of every array. ``validation``
+    likewise.
 
     Step 0 is the initialisation. Returns the loss log (long format: step, loss, lr); each row
     is handed to ``on_log`` as it is logged (a resumed run's earlier rows first, in one call).
     Progress (``desc``: its label) is reported unless ``progress`` is False. With
-    ``validation`` tokens and ``cfg.eval_every``, the log gains ``val_loss`` (on the first
-    ``cfg.eval_sequences`` validation sequences) every ``eval_every`` steps and at the end.
+    ``validation`` and ``cfg.eval_every``, the log gains ``val_loss`` (the objective's, on the
+    first ``cfg.eval_sequences`` validation sequences) every ``eval_every`` steps and at the end.
 
     With ``resume_dir``, the loop's state is saved there after each checkpoint but the last
-    (once ``on_checkpoint`` has returned), and a call whose config, initial weights, tokens and
-    device match the saved state's continues from it. Anything else in the directory belongs to
-    that run as well (``on_checkpoint`` may keep its files there): a call that does not match
-    empties it and starts afresh. The caller removes it once its outputs are written.
+    (once ``on_checkpoint`` has returned), and a call whose config, initial weights, objective,
+    arrays and device match the saved state's continues from it. Anything else in the directory
+    belongs to that run as well (``on_checkpoint`` may keep its files there): a call that does
+    not match empties it and starts afresh. The caller removes it once its outputs are written.
     """
-    if tokens.ndim != 2:
-        raise ValueError(f"tokens must be (seq, pos), got shape {tokens.shape}")
-    if tokens.shape[1] > model.cfg.n_ctx:
-        raise ValueError(f"sequences of length {tokens.shape[1]} exceed n_ctx={model.cfg.n_ctx}")
-    if int(tokens.max()) >= model.cfg.d_vocab:
-        raise ValueError(f"token id {int(tokens.max())} >= d_vocab={model.cfg.d_vocab}")
+    objective = NextToken() if objective is None else objective
+    arrays = _arrays(model, tokens, objective)
+    tokens = arrays["tokens"]
     device = next(model.parameters()).device
     if device.type == "cpu" and not thread_invariant_length(tokens.shape[1]):
         log.warning(
@@ -131,26 +184,23 @@ def train(
             "last bits (lengths <= 8 or multiples of 16 do not; see thread_invariant_length)",
             tokens.shape[1],
         )
-    data = torch.from_numpy(np.array(tokens, dtype=np.int64))  # seq pos; copied off the mmap
-    order = batch_indices(len(data), cfg.batch_size, cfg.steps, cfg.seed)
+    data = _tensors(arrays)  # tokens: seq pos
+    order = batch_indices(len(tokens), cfg.batch_size, cfg.steps, cfg.seed)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s))
     held_out = None
     if validation is not None and cfg.eval_every is not None:
-        if validation.ndim != 2 or validation.shape[1] > model.cfg.n_ctx:
-            raise ValueError(f"validation tokens must be (seq, pos<=n_ctx), got {validation.shape}")
-        if int(validation.max()) >= model.cfg.d_vocab:
-            raise ValueError(f"validation token id {int(validation.max())} >= d_vocab")
-        held_out = torch.from_numpy(np.array(validation[: cfg.eval_sequences], dtype=np.int64))
+        held_out = _arrays(model, validation, objective, "validation ")
+        held_out = _tensors(held_out, slice(cfg.eval_sequences))
     checkpoints = set(cfg.checkpoints)
     rows: list[dict[str, Any]] = []
     start = 0
     identity = None
     if resume_dir is not None:
         resume_dir = Path(resume_dir)
-        identity = run_identity(model, data, cfg)
+        identity = run_identity(model, data, cfg, objective)
         state = load_resume_state(
             resume_dir / RESUME_STATE, identity=identity, format=RESUME_FORMAT
         )
@@ -177,13 +227,13 @@ def train(
         initial=start,
         desc=desc,
         rate_unit="tokens",
-        rate_scale=cfg.batch_size * data.shape[1],
+        rate_scale=cfg.batch_size * tokens.shape[1],
         enabled=progress,
         logger=log,
     )
     for step in bar:
-        batch = data[order[step - 1]].to(device)  # batch pos
-        loss = model(batch, return_type="loss")
+        batch = {name: array[order[step - 1]].to(device) for name, array in data.items()}
+        loss = objective.loss(model, batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training diverged: loss is {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)
@@ -197,7 +247,9 @@ def train(
             if held_out is not None:
                 evaluate = step % cfg.eval_every == 0 or step == cfg.steps
                 rows[-1][VALIDATION_COLUMN] = (
-                    validation_loss(model, held_out, cfg.batch_size) if evaluate else math.nan
+                    validation_loss(model, held_out, cfg.batch_size, objective)
+                    if evaluate
+                    else math.nan
                 )
             shown = {"loss": f"{rows[-1]['loss']:.3f}"}
             if not math.isnan(rows[-1].get(VALIDATION_COLUMN, math.nan)):
@@ -215,23 +267,41 @@ def train(
 
 
 def run_identity(
-    model: HookedTransformer, data: Int[torch.Tensor, "seq pos"], cfg: TrainingConfig
+    model: HookedTransformer,
+    data: Int[torch.Tensor, "seq pos"] | Mapping[str, torch.Tensor],
+    cfg: TrainingConfig,
+    objective: Objective | None = None,
 ) -> str:
-    """What a saved state must match to be resumed: config, model, initial weights, tokens."""
+    """What a saved state must match to be resumed: config, model, initial weights, objective,
+    tokens and every other array. (Next-token prediction on tokens alone hashes exactly as
+    before objectives existed, so runs killed then still resume.)"""
+    objective = NextToken() if objective is None else objective
+    data = data if isinstance(data, Mapping) else {"tokens": data}
     weights = hashlib.sha256()
     for name, value in model.state_dict().items():
         weights.update(name.encode())
         weights.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return config_hash(
-        {
-            "format": RESUME_FORMAT,
-            "training": dataclasses.asdict(cfg),
-            "model": model.cfg.to_dict(),
-            "device": next(model.parameters()).device.type,
-            "initial_weights": weights.hexdigest(),
-            "tokens": hashlib.sha256(data.numpy().tobytes()).hexdigest(),
+    fields = {
+        "format": RESUME_FORMAT,
+        "training": dataclasses.asdict(cfg),
+        "model": model.cfg.to_dict(),
+        "device": next(model.parameters()).device.type,
+        "initial_weights": weights.hexdigest(),
+        "tokens": hashlib.sha256(data["tokens"].numpy().tobytes()).hexdigest(),
+    }
+    if objective != NextToken():
+        fields["objective"] = objective.identity()
+    others = sorted(set(data) - {"tokens"})
+    if others:
+        fields["arrays"] = {
+            name: {
+                "dtype": str(data[name].dtype),
+                "shape": list(data[name].shape),
+                "sha256": hashlib.sha256(data[name].contiguous().numpy().tobytes()).hexdigest(),
+            }
+            for name in others
         }
-    )
+    return config_hash(fields)
 
 
 def _write_resume_state(resume_dir, identity, step, model, optimizer, scheduler, rows) -> None:
