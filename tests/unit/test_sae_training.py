@@ -187,3 +187,27 @@ def test_trained_sae_takes_unscaled_inputs():
         recon = result.sae(x).reconstruction
     fvu = ((recon - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
     assert float(fvu) < 0.5
+
+
+def test_jumprelu_sweep_spans_l0_in_a_short_run():
+    """Three coefficients, 120 steps: L0 falls monotonically by more than 3x (issue 11: from
+    a threshold of 0.001 every such run ended at the same L0, Adam lifting it ~lr per step)."""
+    from mechflow.saes.evaluate import activation_metrics
+    from mechflow.saes.synthetic import sparse_feature_data
+
+    data = sparse_feature_data(
+        n_tokens=8192, d_in=16, n_features=48, p_active=0.1, seed=1, noise=0.05
+    )
+    source = TensorSource(data.acts, chunk_tokens=1024)
+    l0s, evs = [], []
+    for coefficient in (0.1, 0.5, 2.5):
+        cfg = toy_config(
+            "jumprelu", d_sae=64, batch_size=256, total_tokens=256 * 120,
+            l1_coefficient=coefficient, checkpoint_every=0, log_every=40,
+            shuffle_buffer_tokens=4096, lr_warmup_fraction=0.01,
+        )  # fmt: skip
+        metrics = activation_metrics(train_sae(cfg, source, progress=False).sae, [data.acts])
+        l0s.append(metrics["l0"])
+        evs.append(metrics["explained_variance"])
+    assert l0s[0] > l0s[1] > l0s[2] and l0s[0] > 3 * l0s[2], l0s
+    assert evs[0] > 0.8, evs

@@ -96,6 +96,16 @@ def test_jumprelu_thresholds_get_gradients_in_training():
     assert (sae.threshold.grad != 0).sum() > 32
 
 
+def test_jumprelu_threshold_starts_where_the_l0_penalty_balances():
+    # firing at theta removes ~theta^2 of squared error against a cost of l1_coefficient
+    cfg = config("jumprelu", l1_coefficient=2.25)
+    assert cfg.jumprelu_init_threshold == pytest.approx(1.5)
+    torch.testing.assert_close(build_sae(cfg).threshold.detach(), torch.full((64,), 1.5))
+    assert SAEConfig.from_dict(cfg.to_dict()) == cfg
+    assert config("jumprelu", jumprelu_init_threshold=0.001).jumprelu_init_threshold == 0.001
+    assert config("topk").jumprelu_init_threshold is None
+
+
 @pytest.mark.parametrize("weighted", [False, True])
 def test_fused_relu_loss_matches_autograd(weighted):
     from mechflow.saes.relu import ReluSAE

@@ -9,6 +9,7 @@ roughly the same sparsity at every hook and in every model.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Self
@@ -56,8 +57,10 @@ class SAEConfig:
         aux_k: latents of the AuxK loss (default d_in // 2); aux_k_coefficient weights it.
         resample_every_tokens: relu resampling interval (default total_tokens // 5), only in
             the first half of training.
-        jumprelu_init_threshold, jumprelu_bandwidth: JumpReLU threshold start and the
-            rectangle-kernel width of its pseudo-gradients.
+        jumprelu_init_threshold: JumpReLU threshold start; unset: sqrt(l1_coefficient), where
+            the threshold settles (see mechflow.saes.jumprelu), so short runs need not climb
+            there at Adam's pace of about lr per step. The paper starts at 0.001.
+        jumprelu_bandwidth: rectangle-kernel width of JumpReLU's pseudo-gradients.
         batchtopk_threshold_decay: EMA rate of the inference threshold of batchtopk.
         skip_bos: drop position 0 (BOS, whose activations are outliers) from training data.
         shuffle_buffer_tokens: tokens from randomly chosen store chunks shuffled together.
@@ -87,7 +90,7 @@ class SAEConfig:
     aux_k: int | None = None
     aux_k_coefficient: float = 1 / 32
     resample_every_tokens: int | None = None
-    jumprelu_init_threshold: float = 0.001
+    jumprelu_init_threshold: float | None = None
     jumprelu_bandwidth: float = 0.001
     batchtopk_threshold_decay: float = 0.01
     skip_bos: bool = True
@@ -196,7 +199,10 @@ class SAEConfig:
         _check(self.aux_k_coefficient >= 0, "aux_k_coefficient", "must be >= 0")
         if self.resample_every_tokens is not None:
             _check(_pos_int(self.resample_every_tokens), "resample_every_tokens", "must be >= 1")
-        _check(self.jumprelu_init_threshold >= 0, "jumprelu_init_threshold", "must be >= 0")
+        if self.jumprelu_init_threshold is not None:
+            _check(self.jumprelu_init_threshold >= 0, "jumprelu_init_threshold", "must be >= 0")
+        elif arch == "jumprelu":
+            object.__setattr__(self, "jumprelu_init_threshold", math.sqrt(self.l1_coefficient))
         _check(self.jumprelu_bandwidth > 0, "jumprelu_bandwidth", "must be > 0")
         _check(
             0 < self.batchtopk_threshold_decay <= 1,

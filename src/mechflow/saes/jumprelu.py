@@ -4,8 +4,19 @@ The step function H has zero gradient almost everywhere, so the threshold learns
 straight-through pseudo-gradients: the derivative of H(z - theta) with respect to theta is
 replaced by ``-(1/eps) K((z - theta)/eps)`` with K the rectangle kernel of width 1 (eps is the
 bandwidth). The sparsity penalty is the L0 norm, sum_i H(z_i - theta_i), through the same
-estimator. The threshold is a plain parameter clamped at 0 after each step (a log
-parameterisation barely moves a small threshold under Adam).
+estimator; as in the paper it reaches theta only, not the encoder. The threshold is a plain
+parameter clamped at 0 after each step (a log parameterisation barely moves a small threshold
+under Adam).
+
+Where the threshold starts matters in short runs. The expected loss gradient with respect to
+theta_i vanishes where the squared error latent i removes by firing at its threshold equals the
+coefficient lambda (the paper's section 4); for a unit decoder row that explains its own
+activation that error is theta_i^2, so theta_i settles near sqrt(lambda) (in the units of the
+normalised inputs). Adam moves theta by at most about ``lr`` per step, though: from the paper's
+start of 0.001, a run of a few hundred steps at lr 3e-3 lifts theta to about 0.5, short of
+sqrt(lambda) = 1 or 3.2 for lambda = 1 or 10, so such runs end at the same L0 whatever their
+coefficient. The threshold therefore starts at sqrt(lambda) by default and training corrects
+it; the paper's 0.001 suits its runs of 100k+ steps, where the climb is cheap.
 """
 
 from __future__ import annotations
