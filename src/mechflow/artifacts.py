@@ -63,7 +63,9 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    return pd.read_csv(path)
+    """Only an empty cell is missing (what ``write_table`` writes for NaN): text such as a
+    token ``None`` or ``nan`` stays text."""
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
 
 
 def save_safetensors(

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from mechflow.artifacts import file_sha256, read_json
 from mechflow.experiments import EXPERIMENTS
 from mechflow.models import WEIGHTS_FILE
-from mechflow.wiring import RESULTS, activation_store, dataset_path
+from mechflow.wiring import RESULTS, activation_store, dataset_path, tokenizer_path
 
 if TYPE_CHECKING:
     import numpy as np
@@ -162,11 +162,19 @@ class Run:
         return sorted(self._checkpoints(self._model_dir(name))[1])
 
     def tokenizer(self, name: str) -> Any:
-        """The model's tokenizer, or None: every model today reads token ids (the datasets are
-        ids, ``results/datasets/*.npy``), so this is None for all of them. Notebooks that ask
-        here keep working when a model ships a tokenizer."""
-        self._model_dir(name)
-        return None
+        """The ``tokenizers.Tokenizer`` of the text the model was trained on (its dataset's
+        ``tokenizer.json``), or None for a model of synthetic token ids (tasks such as induction
+        or grokking read ids, not text). ``decode(ids, skip_special_tokens=False)`` shows text."""
+        model_dir = self._model_dir(name)
+        dataset = read_json(model_dir / "config.json").get("dataset") or {}
+        if "path" not in dataset:
+            return None
+        path = self.root / tokenizer_path(Path(dataset["path"]).stem)
+        if not path.is_file():
+            return None
+        from mechflow.data.text import load_tokenizer
+
+        return load_tokenizer(path)
 
     def toy_models(self) -> list[str]:
         """Names of the toy models of superposition (``results/superposition/models/``)."""

@@ -45,7 +45,45 @@ def validate_config(config: dict[str, Any], schemas: str | Path) -> list[str]:
     for name, section in (config.get("experiments") or {}).items():
         if name in EXPERIMENTS:
             problems += schema_problems(section, validators[name], f"experiments.{name}")
+    if not problems:
+        problems += inherit_subset_keys(config.get("datasets", {}))
     return problems
+
+
+SUBSET_INHERITS = ("seq_len", "d_vocab")  # a subset's rows are its dataset's rows
+
+
+def inherit_subset_keys(datasets: dict[str, Any]) -> list[str]:
+    """Give each ``subset`` dataset the sequence length and vocabulary of the dataset it draws
+    from (as the schema fills defaults), so every check and rule reads it like any dataset;
+    the problems of one that cannot draw from its ``dataset``, one line each."""
+    problems = []
+    for name, spec in datasets.items():
+        if spec["kind"] != "subset":
+            continue
+        key, parent = f"datasets.{name}.dataset", datasets.get(spec["dataset"])
+        if parent is None:
+            problems.append(unknown_name(key, "dataset", spec["dataset"], list(datasets)))
+        elif parent["kind"] == "subset":
+            problems.append(f"{key}: {spec['dataset']!r} is a subset itself; draw from its dataset")
+        elif spec["split"] == "validation" and parent["kind"] != "text":
+            problems.append(
+                f"datasets.{name}.split: validation, but dataset {spec['dataset']!r} of kind "
+                f"{parent['kind']!r} has no validation split; allowed: train"
+            )
+        else:
+            spec.update({k: parent[k] for k in SUBSET_INHERITS if k in parent})
+            if parent["kind"] == "repeated_random":
+                spec["seq_len"] = sequence_length(parent)
+    return problems
+
+
+def text_source(datasets: dict[str, Any], name: str) -> str | None:
+    """The text dataset whose tokenizer reads ``name`` (itself, or a subset's), else None."""
+    spec = datasets.get(name)
+    if spec is not None and spec["kind"] == "subset":
+        name, spec = spec["dataset"], datasets.get(spec["dataset"])
+    return name if spec is not None and spec["kind"] == "text" else None
 
 
 def config_problems(config: dict[str, Any], schemas: str | Path) -> tuple[list[str], list[str]]:
@@ -110,6 +148,11 @@ def dataset_path(name: str) -> str:
 def validation_path(name: str) -> str:
     """The held-out split of a ``text`` dataset (make_text_dataset writes it)."""
     return f"{RESULTS}/datasets/{name}.validation.npy"
+
+
+def tokenizer_path(name: str) -> str:
+    """The tokenizer of a ``text`` dataset (make_text_dataset writes it; see ``text_source``)."""
+    return f"{RESULTS}/datasets/{name}.tokenizer.json"
 
 
 def activation_store(model: str, dataset: str) -> str:
@@ -266,7 +309,7 @@ class Workflow:
                         f"experiments.{experiment.name}: cannot be checked "
                         f"({type(err).__name__}: {err})"
                     )
-        return problems
+        return list(dict.fromkeys(problems))  # a shared key read for several models: one line
 
     def used_models(self) -> list[str]:
         """Shared models some enabled experiment reads."""
@@ -314,6 +357,8 @@ class Workflow:
                     self.text_corpus(name)
                 except CorpusError as err:
                     problems.append(f"datasets.{name}.{err}")
+                if dataset.get("tokenizer") is not None:
+                    self._check_text_tokenizer(name, problems)
             elif dataset["kind"] == "repeated_spans":
                 lo, hi = dataset["span_len"]
                 if lo > hi:
@@ -391,6 +436,72 @@ class Workflow:
         spec = {k: v for k, v in self.datasets[name].items() if k != "kind"}
         return plan_corpus(TextSpec.from_dict(spec))
 
+    def _check_text_tokenizer(self, name: str, problems: list[str]) -> None:
+        """A text dataset's ``tokenizer`` names a pretrained model whose tokenizer is here (read,
+        ~0.1 s for GPT-2's) or was read already (the dataset is built), and has <|endoftext|>.
+        Its vocabulary becomes the dataset's ``d_vocab`` (and its subsets'), as the schema fills
+        a default in, so that every check reads it like any dataset's."""
+        from mechflow.data.text import (
+            CorpusError,
+            TokenizerUnavailable,
+            load_tokenizer,
+            read_pretrained_tokenizer,
+        )
+        from mechflow.models import pretrained
+
+        dataset, key = self.datasets[name], f"datasets.{name}.tokenizer"
+        model, spec = dataset["tokenizer"], self.models.get(dataset["tokenizer"])
+        allowed = ", ".join(self.models_from("pretrained")) or "none declared"
+        if spec is None:
+            problems.append(unknown_name(key, "model", model, list(self.models)))
+            return
+        if spec["source"] != "pretrained":
+            problems.append(
+                f"{key}: models.{model} is trained here, and reads its dataset's tokenizer; "
+                f"allowed: a pretrained model ({allowed}), or null to train a tokenizer here"
+            )
+            return
+        size = None
+        if spec["path"] is not None and pretrained.path_problem(spec["path"]):
+            pass  # the line of models.<model>.path says why
+        else:
+            try:
+                read = read_pretrained_tokenizer(model, spec["name"], spec["path"])
+                size = read.tokenizer.get_vocab_size()
+            except TokenizerUnavailable as err:
+                built = Path(tokenizer_path(name))
+                imported = Path(f"{RESULTS}/models/{model}/{WEIGHTS_FILE}").is_file()
+                if built.is_file():
+                    size = load_tokenizer(built).get_vocab_size()
+                elif spec["path"] is not None or imported or model not in self.used_models():
+                    problems.append(f"datasets.{name}.{err}")
+                # else models.<model>'s own line says where to put its files
+            except CorpusError as err:
+                problems.append(f"datasets.{name}.{err}")
+        given = dataset.get("d_vocab")
+        if size is not None and given not in (None, size):
+            problems.append(
+                f"datasets.{name}.d_vocab: {given}, but the tokenizer of models.{model} has "
+                f"{size} tokens; remove d_vocab (the vocabulary is the tokenizer's)"
+            )
+        elif given is None:
+            # unknown (a line above says why): 0 fits every model, so no second line follows
+            dataset["d_vocab"] = size if size is not None else 0
+        for subset in self.datasets.values():
+            if subset["kind"] == "subset" and subset["dataset"] == name:
+                subset["d_vocab"] = dataset["d_vocab"]
+
+    def text_tokenizer_flags(self, wildcards) -> str:
+        """Where make_text_dataset reads a pretrained tokenizer from: its model's directory, or
+        its name (the local Hugging Face cache); nothing for a tokenizer trained here."""
+        model = self.datasets[wildcards.dataset].get("tokenizer")
+        if model is None:
+            return ""
+        spec = self.models[model]
+        if spec["path"] is not None:
+            return f"--tokenizer-path {shlex.quote(spec['path'])}"
+        return f"--tokenizer-name {shlex.quote(spec['name'])}"
+
     def text_corpus_files(self, wildcards) -> list[str]:
         """Input of a text dataset: the user's files, so that editing, adding or removing one
         reruns it. Not the stdlib's (the provenance records the Python version instead)."""
@@ -401,6 +512,18 @@ class Workflow:
             return []
         root, files = corpus_files(spec["source"], spec["pattern"], spec["include_tests"])
         return [str(root)] if root.is_file() else [str(root / path) for path in files]
+
+    def subset_source(self, wildcards) -> str:
+        """The split a subset dataset draws its sequences from."""
+        spec = self.datasets[wildcards.dataset]
+        path = validation_path if spec["split"] == "validation" else dataset_path
+        return path(spec["dataset"])
+
+    def subset_n_sequences(self, wildcards) -> int:
+        return self.datasets[wildcards.dataset]["n_sequences"]
+
+    def subset_seed(self, wildcards) -> int:
+        return self.datasets[wildcards.dataset]["seed"]
 
     def dataset_kind(self, wildcards) -> str:
         return self.datasets[wildcards.dataset]["kind"]

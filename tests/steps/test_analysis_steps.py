@@ -184,6 +184,7 @@ def test_track_phase_change(tiny_model, tiny_model_dir, repeated_tokens_path, ha
         "--model-dir", str(tiny_model_dir), "--checkpoints-dir", str(ckpts),
         "--eval-tokens", str(repeated_tokens_path), "--icl-tokens", str(icl),
         "--half-len", str(half_len), "--batch-size", "5", "--device", "cpu",
+        "--icl-sequences", "6",
     ]  # fmt: skip
     track_phase_change.main([*base, "--icl-early", "5", "--icl-late", "-1", "--out", str(out)])
     df = read_table(out)
@@ -202,5 +203,5 @@ def test_track_phase_change(tiny_model, tiny_model_dir, repeated_tokens_path, ha
     with pytest.raises(FileNotFoundError, match="nowhere"):
         track_phase_change.run(
             tiny_model_dir, tmp_path / "nowhere", repeated_tokens_path, icl, half_len, out,
-            batch_size=64, icl_early=5, icl_late=-1,
+            batch_size=64, icl_early=5, icl_late=-1, icl_sequences=8,
         )  # fmt: skip

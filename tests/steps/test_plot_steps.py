@@ -16,6 +16,7 @@ import pytest
 from matplotlib.patches import Rectangle
 
 from mechflow.artifacts import write_table
+from mechflow.experiments import EXPERIMENTS
 from mechflow.experiments.induction.figures import (
     FIGURES,
     composition_figure,
@@ -28,7 +29,6 @@ from mechflow.steps import plot_figure
 
 MODEL = "toy-2l"
 LAYERS, HEADS = range(2), range(4)
-EXPERIMENTS = ("induction", "grokking", "superposition", "saes")
 TAB_RED = "#d62728"  # the box around a head above the threshold
 
 
@@ -324,6 +324,65 @@ def test_threshold_changes_the_phase_change_mark(tmp_path):
         first = figure_bytes(out)
         plot_induction("phase_change", table, out, **extra)
         assert figure_bytes(out) == first  # byte-identical rerun, PNG and SVG
+
+
+# --- language model -------------------------------------------------------------------------
+def _language_model_tables(tmp_path):
+    steps = np.arange(0, 101, 10)
+    log = pd.DataFrame({"step": steps, "loss": 8 - 0.04 * steps, "lr": 1e-3})
+    log["val_loss"] = np.where(steps % 50 == 0, 8.2 - 0.04 * steps, np.nan)
+    losses = pd.DataFrame(
+        {
+            "name": ["m", "uniform", "unigram", "bigram"],
+            "kind": ["model"] + ["baseline"] * 3,
+            "loss": [4.1, 8.3, 6.3, 4.8],
+            "margin": [0, 4.2, 2.2, 0.7],
+            "smoothing": "",
+            "tokens": 100,
+        }  # fmt: skip
+    )
+    lens = pd.DataFrame(
+        {
+            "layer": [0, 1, 2],
+            "loss": [6.0, 4.5, 4.1],
+            "kl_to_final": [2.0, 0.3, 0.0],
+            "top1_agreement": [0.1, 0.6, 1.0],
+        }  # fmt: skip
+    )
+    rows = [("embed", "embed", -1, -1, 0.5), ("pos_embed", "pos_embed", -1, -1, -0.1)]
+    rows += [(f"L{i}H{h}", "head", i, h, 0.1 * (i - h)) for i in LAYERS for h in HEADS]
+    rows += [(f"L{i}.mlp_out", "mlp", i, -1, 0.8) for i in LAYERS]
+    dla = pd.DataFrame(rows, columns=["component", "kind", "layer", "head", "mean"])
+    paths = {}
+    for name, df in (("log", log), ("losses", losses), ("lens", lens), ("dla", dla)):
+        paths[name] = tmp_path / f"{name}.csv"
+        write_table(df, paths[name])
+    return paths
+
+
+def test_language_model_figures_draw_from_their_tables(tmp_path):
+    paths = _language_model_tables(tmp_path)
+    drawn = {
+        "loss_curve": {"log": paths["log"], "losses": paths["losses"]},
+        "logit_lens": {"table": paths["lens"]},
+        "logit_attribution": {"table": paths["dla"]},
+    }
+    for name, tables in drawn.items():
+        out = tmp_path / f"{name}.png"
+        plot(f"language_model.{name}", tables, out, "--option", "model=m")
+        texts = svg_texts(out)
+        assert any(text.startswith("m: ") for text in texts), (name, texts)
+    assert "bigram baseline (4.80)" in svg_texts(tmp_path / "loss_curve.png")
+    assert "final validation loss 4.100" in svg_texts(tmp_path / "loss_curve.png")
+    assert "L1.mlp_out" in svg_texts(tmp_path / "logit_attribution.png")
+
+
+def test_a_lens_table_without_its_columns_is_refused(tmp_path):
+    bad = tmp_path / "lens.csv"
+    write_table(pd.DataFrame({"layer": [0], "loss": [1.0]}), bad)
+    with pytest.raises(ValueError, match="kl_to_final"):
+        plot("language_model.logit_lens", {"table": bad}, tmp_path / "f.png")
+    assert_nothing_written(tmp_path)
 
 
 # --- the generic step's own flags ---------------------------------------------------------------

@@ -105,10 +105,13 @@ def test_summarize_then_plot_dashboard(lab, tmp_path):
     histograms = pd.read_csv(out / "histograms.csv")
     logits = pd.read_csv(out / "logits.csv")
     assert list(contexts.columns) == [
-        "latent", "rank", "seq", "pos", "activation", "token", "context"
+        "latent", "rank", "seq", "pos", "activation", "token", "text", "context"
     ]  # fmt: skip
     assert list(histograms.columns) == ["latent", "bin_left", "bin_right", "count", "frequency"]
-    assert list(logits.columns) == ["latent", "sign", "rank", "token", "value"]
+    assert list(logits.columns) == ["latent", "sign", "rank", "token", "text", "value"]
+    assert (
+        contexts["text"].astype(str) == contexts["token"].astype(str)
+    ).all()  # ids: no tokenizer
     latents = list(dict.fromkeys(histograms["latent"]))
     assert len(latents) == 3 and set(contexts["latent"]) == set(latents)
     assert contexts.groupby("latent").size().max() <= 4

@@ -142,10 +142,10 @@ def test_schema_rejects_bad_values_naming_them(config, mutate, key):
         ),
         (
             lambda c: c["experiments"]["saes"]["language_model"].update(
-                hooks=["blocks.0.mlp.hook_post"]
+                hooks=["blocks.9.hook_resid_post"]
             ),
-            "experiments.saes.language_model.hooks[0]: models.attn_only_2l has no hook "
-            "'blocks.0.mlp.hook_post'",
+            "experiments.saes.language_model.hooks[0]: models.gpt_4l has no hook "
+            "'blocks.9.hook_resid_post'",
         ),
         (
             lambda c: c["experiments"]["saes"]["defaults"].update(expansion_factor=None, d_sae=8),
@@ -220,3 +220,28 @@ def test_a_grokking_run_may_share_a_model_name(config):
     check_config(config)
     targets = Workflow(config).targets()
     assert "results/grokking/attn_only_2l/checks.csv" in targets
+
+
+def test_a_text_model_is_analysed_as_a_language_model_and_for_induction(config):
+    validate(config)
+    check_config(config)
+    targets = Workflow(config).targets()
+    for name in ("loss_curve", "logit_lens", "logit_attribution"):
+        assert f"results/figures/language_model/gpt_4l/{name}.png" in targets
+    for name in ("losses", "samples", "logit_lens"):
+        assert f"results/language_model/gpt_4l/{name}.html" in targets
+    assert "results/figures/induction/gpt_4l/phase_change.png" in targets
+    wiring = Workflow(config).experiments["induction"]
+    assert wiring.model_setting("gpt_4l", "eval_dataset") == "repeated_random_text"
+    assert wiring.model_setting("attn_only_2l", "eval_dataset") == "repeated_random"
+
+
+def test_a_pretrained_language_model_has_no_loss_curve(config):
+    config["models"]["gpt2_small"] = {"source": "pretrained", "name": "gpt2"}
+    section = config["experiments"]["language_model"]
+    section["models"] = ["gpt2_small"]
+    section["eval_datasets"] = {"gpt2_small": "stdlib_text"}
+    validate(config)
+    wiring = Workflow(config).experiments["language_model"]
+    assert wiring.figures("gpt2_small") == ["logit_lens", "logit_attribution"]
+    assert wiring.text_dataset("gpt2_small") == "stdlib_text"

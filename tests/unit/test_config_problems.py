@@ -46,11 +46,11 @@ def test_a_misspelt_nested_key_names_its_path(test_config):
 def test_every_schema_error_is_listed_at_once(test_config):
     def two_wrong(c):
         c["models"]["attn_only_2l"]["training"]["steps"] = 0
-        c["datasets"]["sae_train"]["seq_len"] = "x"
+        c["datasets"]["induction_heldout"]["seq_len"] = "x"
         c["experiments"]["superposition"]["toy_models"]["n5_m2"]["steps"] = 0
 
     assert problems_of(test_config, two_wrong) == [
-        "datasets.sae_train.seq_len: 'x' is not an integer; allowed: an integer >= 3",
+        "datasets.induction_heldout.seq_len: 'x' is not an integer; allowed: an integer >= 3",
         "models.attn_only_2l.training.steps: 0 is less than the minimum of 1; "
         "allowed: an integer >= 1",
         "experiments.superposition.toy_models.n5_m2.steps: 0 is less than the minimum of 1; "
@@ -67,8 +67,8 @@ def test_a_bad_enum_value_gets_a_guess(test_config):
 
 
 def test_a_missing_required_key_is_named(test_config):
-    lines = problems_of(test_config, lambda c: c["datasets"]["sae_train"].pop("seq_len"))
-    assert lines == ["datasets.sae_train.seq_len: required key is missing"]
+    lines = problems_of(test_config, lambda c: c["datasets"]["induction_heldout"].pop("seq_len"))
+    assert lines == ["datasets.induction_heldout.seq_len: required key is missing"]
 
 
 def test_numbers_in_scientific_notation_are_numbers(test_config):
@@ -99,7 +99,8 @@ def test_an_unknown_name_lists_the_known_ones(test_config):
     assert lines == [
         "experiments.induction.eval_dataset: unknown dataset 'repeated_randm' "
         "(did you mean 'repeated_random'?); "
-        "known: induction_train, induction_heldout, sae_train, repeated_random"
+        "known: induction_train, induction_heldout, repeated_random, stdlib_text, "
+        "stdlib_sae_train, stdlib_heldout, repeated_random_text"
     ]
 
 
@@ -109,7 +110,7 @@ def test_an_unknown_experiment_gets_a_guess(test_config):
     )
     assert lines == [
         "experiments.induciton: unknown experiment (did you mean 'induction'?); "
-        "registered: grokking, induction, saes, superposition"
+        "registered: grokking, induction, language_model, saes, superposition"
     ]
 
 
@@ -200,7 +201,7 @@ def test_a_model_nothing_uses_is_a_warning(test_config):
         "models.spare: declared, but no enabled experiment uses it (nothing is trained for it)",
         "models.gpt2: declared, but no enabled experiment uses it (nothing is imported for it)",
     ]
-    assert Workflow(config).used_models() == ["attn_only_1l", "attn_only_2l"]
+    assert Workflow(config).used_models() == ["attn_only_1l", "attn_only_2l", "gpt_2l"]
 
 
 def test_a_validation_loss_needs_a_text_dataset(test_config):
@@ -237,3 +238,213 @@ def test_a_model_on_text_reads_its_validation_split(test_config, tmp_path):
     plain = copy.deepcopy(test_config)
     assert config_problems(plain, SCHEMAS)[0] == []  # fills the schema's defaults in
     assert Workflow(plain).validation_flag(wildcards) == ""
+
+
+# --- text models: the language-model experiment, subsets and per-model induction settings ----
+
+
+def test_a_language_model_must_be_a_model_of_text(test_config):
+    lines = problems_of(
+        test_config, lambda c: c["experiments"]["language_model"].update(models=["attn_only_2l"])
+    )
+    assert lines == [
+        "experiments.language_model.models[0]: models.attn_only_2l is trained on dataset "
+        "'induction_train' of kind 'repeated_spans'; allowed: a model trained on a dataset of "
+        "kind text"
+    ]
+
+
+def test_a_pretrained_language_model_needs_a_text_dataset_in_its_tokenizer(test_config):
+    def pretrained(c):
+        c["models"]["gpt2"] = {"source": "pretrained", "name": "gpt2", "path": None}
+        c["experiments"]["language_model"]["models"].append("gpt2")
+
+    lines = problems_of(test_config, pretrained)
+    assert (
+        "experiments.language_model.eval_datasets: no entry for the pretrained model 'gpt2'; "
+        "allowed: a text dataset tokenized with its tokenizer"
+    ) in lines
+
+
+def test_a_subset_names_the_dataset_it_draws_from(test_config):
+    def bad(c):
+        c["datasets"]["stdlib_heldout"]["dataset"] = "stdlib_txt"
+        c["datasets"]["stdlib_sae_train"].update(dataset="induction_train", split="validation")
+
+    assert problems_of(test_config, bad) == [
+        "datasets.stdlib_sae_train.split: validation, but dataset 'induction_train' of kind "
+        "'repeated_spans' has no validation split; allowed: train",
+        "datasets.stdlib_heldout.dataset: unknown dataset 'stdlib_txt' (did you mean "
+        "'stdlib_text'?); known: induction_train, induction_heldout, repeated_random, "
+        "stdlib_text, stdlib_sae_train, stdlib_heldout, repeated_random_text",
+    ]
+
+
+def test_a_subset_is_read_like_its_dataset(test_config):
+    config = copy.deepcopy(test_config)
+    assert config_problems(config, SCHEMAS)[0] == []
+    subset, text = config["datasets"]["stdlib_heldout"], config["datasets"]["stdlib_text"]
+    assert (subset["seq_len"], subset["d_vocab"]) == (text["seq_len"], text["d_vocab"])
+    lines = problems_of(
+        test_config, lambda c: c["models"]["gpt_2l"]["architecture"].update(n_ctx=32)
+    )
+    assert any(line.startswith("datasets.stdlib_heldout.seq_len: 64 makes") for line in lines)
+
+
+def test_per_model_induction_settings_are_checked_under_their_own_key(test_config):
+    def bad(c):
+        c["experiments"]["induction"]["per_model"]["gpt_2l"]["icl_late"] = 64
+        c["experiments"]["induction"]["per_model"]["gpt_3l"] = {"icl_late": 9}
+
+    assert problems_of(test_config, bad) == [
+        "experiments.induction.per_model.gpt_3l: unknown model 'gpt_3l' (did you mean "
+        "'gpt_2l'?); known: attn_only_1l, attn_only_2l, gpt_2l (experiments.induction.models "
+        "lists the models analysed)",
+        "experiments.induction.per_model.gpt_2l.icl_late: 64 >= length 64 of dataset 'stdlib_text'",
+    ]
+
+
+# --- text datasets tokenized by a pretrained model's tokenizer ----------------------------------
+
+
+def gpt_dir(path, *, eot=True) -> str:
+    """A save_pretrained-like directory: config.json and a GPT-2-kind tokenizer.json (the 256
+    byte tokens, then <|endoftext|>: id 256, the last, as GPT-2's 50256)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    if eot:
+        tokenizer.add_special_tokens(["<|endoftext|>"])
+    path.mkdir()
+    tokenizer.save(str(path / "tokenizer.json"))
+    (path / "config.json").write_text("{}")
+    return str(path)
+
+
+def with_gpt_text(config, path, model="gpt", **entry):
+    """models.<model> pretrained (from ``path``), evaluated by the language-model experiment on
+    ``gpt_text``, 100 kB of the stdlib tokenized by its tokenizer."""
+    config["models"][model] = {"source": "pretrained", "name": model, "path": path}
+    config["datasets"]["gpt_text"] = {
+        "kind": "text", "tokenizer": model, "seq_len": 64, "max_bytes": 100_000, **entry,
+    }  # fmt: skip
+    lm = config["experiments"]["language_model"]
+    lm["models"].append(model)
+    lm["eval_datasets"] = {model: "gpt_text"}
+
+
+def test_a_text_dataset_reads_a_pretrained_models_tokenizer(test_config, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.chdir(tmp_path)  # no results/ here
+    path = gpt_dir(tmp_path / "gpt")
+    config = copy.deepcopy(test_config)
+    with_gpt_text(config, path)
+    config["datasets"]["gpt_rows"] = {
+        "kind": "subset", "dataset": "gpt_text", "split": "validation", "n_sequences": 8,
+    }  # fmt: skip
+    assert config_problems(config, SCHEMAS)[0] == []
+    # its vocabulary is the tokenizer's, filled in as a default is (the subset's too)
+    datasets = config["datasets"]
+    assert datasets["gpt_text"]["d_vocab"] == 257 == datasets["gpt_rows"]["d_vocab"]
+    assert Workflow(config).problems() == []  # the filled-in size is its own
+    wildcards = SimpleNamespace(dataset="gpt_text")
+    assert Workflow(config).text_tokenizer_flags(wildcards) == f"--tokenizer-path {path}"
+
+    def trained_on_it(c):  # a model trained on it is held to that vocabulary
+        with_gpt_text(c, path)
+        c["models"]["gpt_2l"]["architecture"]["d_vocab"] = 200
+        c["models"]["gpt_2l"]["training"]["dataset"] = "gpt_text"
+
+    assert (
+        "datasets.gpt_text.d_vocab: 257 is larger than models.gpt_2l.architecture.d_vocab=200 "
+        "(models.gpt_2l.training.dataset feeds it to that model)"
+    ) in problems_of(test_config, trained_on_it)
+
+
+def test_a_pretrained_tokenizer_is_checked_before_any_job(test_config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = gpt_dir(tmp_path / "gpt")
+
+    def tokenizer_of(model):
+        return lambda c: (with_gpt_text(c, path), c["datasets"]["gpt_text"].update(tokenizer=model))
+
+    assert problems_of(test_config, tokenizer_of("gtp")) == [
+        "datasets.gpt_text.tokenizer: unknown model 'gtp' (did you mean 'gpt'?); known: "
+        "attn_only_1l, attn_only_2l, gpt_2l, gpt",
+        "experiments.language_model.eval_datasets.gpt: dataset 'gpt_text' is tokenized with "
+        "models.gtp's, not with models.gpt's; allowed: a text dataset with tokenizer: gpt",
+    ]
+    assert problems_of(test_config, tokenizer_of("gpt_2l"))[0] == (
+        "datasets.gpt_text.tokenizer: models.gpt_2l is trained here, and reads its dataset's "
+        "tokenizer; allowed: a pretrained model (gpt), or null to train a tokenizer here"
+    )
+    assert problems_of(test_config, lambda c: with_gpt_text(c, path, d_vocab=4096)) == [
+        "datasets.gpt_text.d_vocab: 4096, but the tokenizer of models.gpt has 257 tokens; "
+        "remove d_vocab (the vocabulary is the tokenizer's)"
+    ]
+    no_eot = gpt_dir(tmp_path / "no_eot", eot=False)
+    assert problems_of(test_config, lambda c: with_gpt_text(c, no_eot)) == [
+        "datasets.gpt_text.tokenizer: the tokenizer of models.gpt has no <|endoftext|> token, "
+        "which starts every row and ends every file; allowed: a pretrained model whose "
+        "tokenizer has one (GPT-2's: id 50256), or null to train a tokenizer here"
+    ]
+    (tmp_path / "weights_only").mkdir()
+    (tmp_path / "weights_only/config.json").write_text("{}")
+    lines = problems_of(test_config, lambda c: with_gpt_text(c, str(tmp_path / "weights_only")))
+    assert lines == [
+        f"datasets.gpt_text.tokenizer: models.gpt.path '{tmp_path}/weights_only' holds no "
+        "tokenizer.json (nor vocab.json and merges.txt); save the model's tokenizer there too "
+        "(its save_pretrained)"
+    ]
+
+    def on_another_tokenizer(c):
+        with_gpt_text(c, path)
+        c["experiments"]["language_model"]["eval_datasets"]["gpt"] = "stdlib_text"
+
+    assert problems_of(test_config, on_another_tokenizer) == [
+        "experiments.language_model.eval_datasets.gpt: dataset 'stdlib_text' is tokenized with "
+        "a tokenizer trained on it, not with models.gpt's; allowed: a text dataset with "
+        "tokenizer: gpt"
+    ]
+
+
+def test_without_weights_a_pretrained_tokenizer_is_the_weights_line(
+    test_config, tmp_path, monkeypatch
+):
+    """GPT-2 named, not in the cache, no path: the one paragraph that exists for its weights,
+    before any job; from the dataset's key when only the dataset reads it."""
+    from huggingface_hub import constants
+
+    from mechflow.data.text import save_tokenizer
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)  # nothing imported or built here
+    lines = problems_of(test_config, lambda c: with_gpt_text(c, None, model="gpt2"))
+    assert len(lines) == 1
+    assert lines[0].startswith("models.gpt2: the weights of pretrained model 'gpt2'")
+    assert "hf download gpt2" in lines[0] and "models.gpt2.path" in lines[0]
+
+    def dataset_only(c):
+        with_gpt_text(c, None, model="gpt2")
+        c["experiments"]["language_model"].update(models=["gpt_2l"], eval_datasets={})
+
+    lines = problems_of(test_config, dataset_only)
+    assert len(lines) == 1
+    assert lines[0].startswith(
+        "datasets.gpt_text.tokenizer: reads the tokenizer of models.gpt2; the weights of "
+        "pretrained model 'gpt2'"
+    )
+    # built already (as an imported model needs no cache): its own tokenizer gives the size
+    from tokenizers import Tokenizer
+
+    (tmp_path / "results/datasets").mkdir(parents=True)
+    tokenizer = Tokenizer.from_file(gpt_dir(tmp_path / "built") + "/tokenizer.json")
+    save_tokenizer(tokenizer, tmp_path / "results/datasets/gpt_text.tokenizer.json")
+    config = copy.deepcopy(test_config)
+    dataset_only(config)
+    assert config_problems(config, SCHEMAS)[0] == []
+    assert config["datasets"]["gpt_text"]["d_vocab"] == 257

@@ -160,6 +160,33 @@ def test_model_errors_list_what_exists(run):
         run.model("lm", step=5, epoch=5)
 
 
+def test_a_model_of_text_has_its_datasets_tokenizer(tmp_path):
+    from mechflow.data.text import EOT_ID, encode
+    from mechflow.steps import make_text_dataset
+
+    corpus, res = tmp_path / "texts", tmp_path / "results"
+    corpus.mkdir()
+    for i in range(6):
+        (corpus / f"{i}.txt").write_text(f"def f{i}(x):\n    return x + {i}\n" * 20)
+    spec = {"source": str(corpus), "pattern": "*.txt", "include_tests": False, "d_vocab": 280,
+            "seq_len": 12, "validation_fraction": 0.3, "max_bytes": None}  # fmt: skip
+    data = res / "datasets"
+    make_text_dataset.main(
+        ["--spec", json.dumps(spec), "--out", str(data / "code.npy"),
+         "--validation-out", str(data / "code.validation.npy"),
+         "--tokenizer-out", str(data / "code.tokenizer.json"),
+         "--provenance-out", str(data / "code.json")]
+    )  # fmt: skip
+    arch = {**lm_arch(1), "d_vocab": 280}
+    train_model.main(
+        ["--architecture", json.dumps(arch), "--training", json.dumps({"steps": 2, "batch_size": 2}),
+         "--tokens", str(data / "code.npy"), "--threads", "1", "--out-dir", str(res / "models/m")]
+    )  # fmt: skip
+    tokenizer = Run(tmp_path).tokenizer("m")
+    ids = [EOT_ID, *encode(tokenizer, "def f1(x):")]
+    assert tokenizer.decode(ids, skip_special_tokens=False) == "<|endoftext|>def f1(x):"
+
+
 def test_tokenizer_is_none_for_models_on_token_ids(run):
     assert run.tokenizer("lm") is None and run.model("lm").tokenizer is None
     with pytest.raises(MissingResultError, match="no model 'nope'"):

@@ -211,3 +211,15 @@ def test_a_dead_latent_gets_an_empty_histogram_and_no_contexts(lab):
     assert len(dead) == 1 and dead["count"].iloc[0] == 0
     fig = latent_dashboard_figure(summary.contexts, summary.histograms, summary.logits)
     assert len(fig.axes) == 6
+
+
+def test_with_a_tokenizer_a_context_is_text_with_line_breaks_shown():
+    pieces = {1: "def", 2: " f", 3: "(x):", 4: "\n", 5: "    return", 6: " x"}
+
+    def decode(ids):
+        return "".join(pieces[i] for i in ids)
+
+    assert dash.format_context([1, 2, 3, 4, 5, 6], 4, before=2, after=1, decode=decode) == (
+        "(x):⏎«    return» x"
+    )
+    assert dash.token_text(4, decode) == "⏎" and dash.token_text(4, None) == "4"

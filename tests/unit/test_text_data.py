@@ -191,10 +191,32 @@ def test_pack_drops_the_tail_that_does_not_fill_a_row():
     np.testing.assert_array_equal(rows, [[0, 1, 2, 3], [0, 4, 5, 6], [0, 7, 8, 9]])
 
 
+def test_a_pretrained_tokenizers_own_eot_starts_rows_and_ends_files(corpus_dir):
+    """GPT-2's <|endoftext|> is its last id (50256), not 0: rows and files use the given one."""
+    rows = pack(np.arange(1, 8, dtype=np.int32), seq_len=4, eot_id=50256)
+    np.testing.assert_array_equal(rows, [[50256, 1, 2, 3], [50256, 4, 5, 6]])
+    documents, _ = read_corpus(make_spec(corpus_dir))
+    tokenizer = train_tokenizer([d.text for d in documents["train"]], d_vocab=300)
+    stream = encode_documents(tokenizer, documents["train"][:2], eot_id=299)
+    first = encode(tokenizer, documents["train"][0].text)
+    assert stream[len(first)] == 299 and stream[-1] == 299 and (stream == 299).sum() == 2
+    assert EOT_ID not in stream
+
+
+def test_a_spec_reads_a_pretrained_tokenizer_or_trains_one(tmp_path):
+    spec = make_spec(tmp_path, tokenizer="gpt2", d_vocab=None)
+    assert spec.tokenizer == "gpt2" and spec.d_vocab is None
+    assert make_spec(tmp_path, tokenizer="gpt2", d_vocab=50257).d_vocab == 50257  # filled in
+    with pytest.raises(CorpusError, match="^d_vocab: needed to train a tokenizer here"):
+        make_spec(tmp_path, d_vocab=None)
+    with pytest.raises(ValueError, match="give its pretrained tokenizer"):
+        build_text_dataset(spec)
+
+
 def test_the_stdlib_source_skips_site_packages_caches_and_tests():
     root, files = corpus_files(text.STDLIB, "*.py", include_tests=False)
     parts = {part for f in files for part in Path(f).parts[:-1]}
-    assert not parts & {"site-packages", "__pycache__", "test", "tests", "idle_test"}
+    assert not parts & {"site-packages", "__pycache__", "encodings", "test", "tests", "idle_test"}
     assert "os.py" in files and "json/__init__.py" in files
     _, with_tests = corpus_files(text.STDLIB, "*.py", include_tests=True)
     assert set(files) < set(with_tests)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from mechflow.data.tokens import spread_rows
 from mechflow.models.build import build_model
 from mechflow.models.config import Architecture, TrainingConfig
 from mechflow.models.train import lr_factor, train, validation_loss
@@ -77,7 +78,7 @@ def test_validation_loss_is_logged_every_eval_every_and_at_the_end():
     assert list(log.columns) == ["step", "loss", "lr", "val_loss"]
     evaluated = log.dropna(subset=["val_loss"])["step"].tolist()
     assert evaluated == [10, 20, 25]
-    data = torch.from_numpy(held_out[:12].astype(np.int64))
+    data = torch.from_numpy(spread_rows(held_out, 12).astype(np.int64))  # all parts of the split
     assert log["val_loss"].iloc[-1] == pytest.approx(validation_loss(model, data, 8), rel=1e-6)
     # without validation the log keeps its three columns
     plain = train(

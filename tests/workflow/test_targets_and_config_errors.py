@@ -33,7 +33,8 @@ def test_every_experiment_and_unit_is_a_listed_target(workflow_copy):
     for name in (
         "all", "induction", "induction_attn_only_1l", "induction_attn_only_2l", "grokking",
         "grokking_modadd_37", "superposition", "superposition_n5_m2", "saes",
-        "saes_attn_only_2l", "saes_n5_m2",
+        "saes_gpt_2l", "saes_n5_m2", "language_model", "language_model_gpt_2l",
+        "induction_gpt_2l",
     ):  # fmt: skip
         assert name in listed, (name, listed)
 
@@ -58,7 +59,7 @@ def test_a_model_target_plans_only_that_model(workflow_copy):
 def test_config_problems_are_one_line_each_all_at_once(workflow_copy):
     def three_wrong(c):
         c["modles"] = c.pop("models")
-        c["datasets"]["sae_train"]["seq_len"] = "x"
+        c["datasets"]["induction_heldout"]["seq_len"] = "x"
         c["experiments"]["saes"]["language_model"]["dashbord"] = "topk_8"
 
     name = write_config(workflow_copy, "three_wrong", three_wrong)
@@ -70,7 +71,7 @@ def test_config_problems_are_one_line_each_all_at_once(workflow_copy):
     assert lines[1:3] == [
         "  - modles: unknown key (did you mean 'models'?); "
         "allowed: datasets, models, activations, experiments",
-        "  - datasets.sae_train.seq_len: 'x' is not an integer; allowed: an integer >= 3",
+        "  - datasets.induction_heldout.seq_len: 'x' is not an integer; allowed: an integer >= 3",
     ]
     assert lines[3].startswith(
         "  - experiments.saes.language_model.dashbord: unknown key (did you mean 'dashboard'?)"

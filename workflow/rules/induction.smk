@@ -164,8 +164,9 @@ rule track_phase_change:
         model_dir=subpath(input.weights, parent=True),
         half_len=INDUCTION.half_len,
         batch_size=INDUCTION.setting("batch_size"),
-        icl_early=INDUCTION.setting("icl_early"),
-        icl_late=INDUCTION.setting("icl_late"),
+        icl_early=INDUCTION.icl_early,
+        icl_late=INDUCTION.icl_late,
+        icl_sequences=INDUCTION.setting("icl_sequences"),
     conda:
         "../../environment.yml"
     log:
@@ -182,6 +183,7 @@ rule track_phase_change:
         " --checkpoints-dir {input.checkpoints:q} --eval-tokens {input.eval_tokens:q}"
         " --icl-tokens {input.icl_tokens:q} --half-len {params.half_len}"
         " --icl-early {params.icl_early} --icl-late {params.icl_late}"
+        " --icl-sequences {params.icl_sequences}"
         " --batch-size {params.batch_size} --threads {threads} --device {params.device}"
         " --out {output:q} > {log:q} 2>&1"
 
@@ -226,7 +228,7 @@ rule plot_loss_by_position:
     params:
         figure="induction.loss_by_position",
         tables=table_flags,
-        options=option_flags(d_vocab=INDUCTION.eval_vocab()),
+        options=INDUCTION.loss_by_position_options,
     conda:
         "../../environment.yml"
     log:

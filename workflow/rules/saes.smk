@@ -100,6 +100,7 @@ rule summarize_sae_latents:
         sae=f"{RESULTS}/saes/{{model}}/{{hook}}/{{sae}}",
         store=SAES.eval_store,
         weights=f"{RESULTS}/models/{{model}}/model.safetensors",
+        tokenizer=SAES.tokenizer,
     output:
         contexts=f"{RESULTS}/saes/{{model}}/{{hook}}/{{sae}}_latents/contexts.csv",
         histograms=f"{RESULTS}/saes/{{model}}/{{hook}}/{{sae}}_latents/histograms.csv",
@@ -108,6 +109,7 @@ rule summarize_sae_latents:
         model_dir=subpath(input.weights, parent=True),
         device=get_device,
         n_latents=SAES.lm_setting("n_dashboard_latents"),
+        tokenizer=SAES.tokenizer_flag,
     conda:
         "../../environment.yml"
     log:
@@ -120,7 +122,8 @@ rule summarize_sae_latents:
         runtime=30,
     shell:
         "python -m mechflow.steps.summarize_sae_latents --sae {input.sae:q} --store {input.store:q}"
-        " --model-dir {params.model_dir:q} --n-latents {params.n_latents} --threads {threads}"
+        " --model-dir {params.model_dir:q} --n-latents {params.n_latents} {params.tokenizer}"
+        " --threads {threads}"
         " --device {params.device} --contexts {output.contexts:q} --histograms {output.histograms:q}"
         " --logits {output.logits:q} > {log:q} 2>&1"
 

@@ -14,7 +14,7 @@ import numpy as np
 from jaxtyping import Int
 
 from mechflow.artifacts import read_json
-from mechflow.data.tokens import load_tokens
+from mechflow.data.tokens import load_tokens, spread_rows
 
 CONFIG_FILE = "config.json"
 
@@ -86,3 +86,21 @@ def read_repeated_inputs(
     tokens = check_tokens(tokens_path, d_vocab=cfg["d_vocab"], n_ctx=cfg["n_ctx"])
     check_repeated(tokens, half_len, f"--tokens {tokens_path}")
     return cfg, tokens
+
+
+def load_model_and_tokens(
+    model_dir: str | os.PathLike,
+    tokens_path: str | os.PathLike,
+    device,
+    sequences: int | None = None,
+) -> tuple[Any, Int[np.ndarray, "seq pos"]]:
+    """A saved model and its checked ``--tokens`` (``sequences`` rows spread evenly over them,
+    see ``spread_rows``; all without): checked against the model's config before TransformerLens
+    loads."""
+    from mechflow.models.build import load_model
+
+    cfg = read_model_config(model_dir)
+    tokens = check_tokens(tokens_path, d_vocab=cfg["d_vocab"], n_ctx=cfg["n_ctx"])
+    if sequences is not None:
+        tokens = spread_rows(tokens, sequences)
+    return load_model(model_dir, device=device), tokens

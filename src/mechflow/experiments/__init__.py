@@ -16,7 +16,7 @@ from typing import Any
 
 from mechflow.experiments.base import Experiment
 
-EXPERIMENTS = ("induction", "grokking", "superposition", "saes")
+EXPERIMENTS = ("induction", "grokking", "superposition", "saes", "language_model")
 
 
 def load_experiments(config: dict[str, Any], names=EXPERIMENTS) -> dict[str, Experiment]:

@@ -8,8 +8,10 @@ through the same path, and loading never unpickles anything. It also records the
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -180,9 +182,19 @@ def _from_local_dir(tl, path: str) -> HookedTransformer:
     from transformers import AutoModelForCausalLM
 
     hf_model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
-    cfg = loading.get_pretrained_model_config(
-        path, hf_cfg=hf_model.config.to_dict(), fold_ln=True, device="cpu"
-    )
+    hf_config = hf_model.config.to_dict()
+    with tempfile.TemporaryDirectory() as tmp:
+        config_dir = path
+        if "n_positions" in hf_config and "n_ctx" not in hf_config:
+            # TL 3.9 reads GPT-2's n_ctx from the directory's config.json, which transformers 5
+            # does not write: a copy with it, for the config only (weights come from hf_model)
+            hf_config["n_ctx"] = hf_config["n_positions"]
+            (Path(tmp) / "config.json").write_text(json.dumps(hf_config))
+            config_dir = tmp
+        cfg = loading.get_pretrained_model_config(
+            config_dir, hf_cfg=hf_config, fold_ln=True, device="cpu"
+        )
+    cfg.model_name = Path(path).name
     cfg.tokenizer_name = None  # a tokenizer is not needed to run on token ids
     model = tl.HookedTransformer(cfg)
     state = loading.get_pretrained_state_dict(path, cfg, hf_model=hf_model)

@@ -1,4 +1,5 @@
-"""Where a pretrained model's weights must be for an offline run, and the message that says so.
+"""Where a pretrained model's weights and tokenizer must be for an offline run, and the message
+that says so.
 
 mechflow never downloads: a pretrained model is read from the Hugging Face cache or from a local
 ``save_pretrained`` directory. Both the config check (before any job) and the import step use
@@ -33,6 +34,41 @@ def is_cached(repo: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     return isinstance(try_to_load_from_cache(repo, "config.json"), str)
+
+
+def cached_repo(name: str) -> str | None:
+    """The hub repo of ``name`` in the local cache, or None. ``name`` itself first (``gpt2`` is
+    its own repo), which needs no TransformerLens import (seconds, at every workflow start);
+    then :func:`hub_repo`'s (``gpt2-small`` -> ``gpt2``)."""
+    if is_cached(name):
+        return name
+    repo = hub_repo(name)
+    return repo if repo != name and is_cached(repo) else None
+
+
+# A tokenizer's files, in the order they are looked for: the fast tokenizer's one, else a GPT-2
+# slow tokenizer's two (older saves; GPT-2's hub repo has all three).
+TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+
+
+def tokenizer_files(*, path: str | None = None, repo: str | None = None) -> dict[str, str] | None:
+    """Filename -> local file of a pretrained tokenizer, from a ``save_pretrained`` directory
+    (``path``) or else the local cache of a hub ``repo``; None when it has none."""
+
+    def find(filename: str) -> str | None:
+        if path is not None:
+            file = os.path.join(path, filename)
+            return file if os.path.isfile(file) else None
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo, filename)
+        return found if isinstance(found, str) else None
+
+    for names in TOKENIZER_FILES:
+        files = {name: find(name) for name in names}
+        if all(files.values()):
+            return files
+    return None
 
 
 def weights_help(name: str, key: str | None = None, repo: str | None = None) -> str:

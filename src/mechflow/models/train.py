@@ -27,6 +27,7 @@ import torch
 from jaxtyping import Int
 
 from mechflow.artifacts import atomic_path, config_hash
+from mechflow.data.tokens import spread_indices
 from mechflow.models.checkpoints import load_resume_state
 from mechflow.models.config import TrainingConfig
 from mechflow.models.objectives import NextToken, Objective
@@ -134,7 +135,7 @@ def _arrays(
     return arrays
 
 
-def _tensors(arrays: Mapping[str, np.ndarray], rows: slice = slice(None)) -> dict:
+def _tensors(arrays: Mapping[str, np.ndarray], rows: slice | np.ndarray = slice(None)) -> dict:
     """Torch copies (off any mmap); tokens as int64, the rest in their own dtype."""
     return {
         name: torch.from_numpy(np.array(a[rows], dtype=np.int64 if name == "tokens" else None))
@@ -166,7 +167,8 @@ def train(
     is handed to ``on_log`` as it is logged (a resumed run's earlier rows first, in one call).
     Progress (``desc``: its label) is reported unless ``progress`` is False. With
     ``validation`` and ``cfg.eval_every``, the log gains ``val_loss`` (the objective's, on the
-    first ``cfg.eval_sequences`` validation sequences) every ``eval_every`` steps and at the end.
+    ``cfg.eval_sequences`` validation sequences spread evenly over them) every ``eval_every``
+    steps and at the end.
 
     With ``resume_dir``, the loop's state is saved there after each checkpoint but the last
     (once ``on_checkpoint`` has returned), and a call whose config, initial weights, objective,
@@ -193,7 +195,9 @@ def train(
     held_out = None
     if validation is not None and cfg.eval_every is not None:
         held_out = _arrays(model, validation, objective, "validation ")
-        held_out = _tensors(held_out, slice(cfg.eval_sequences))
+        # rows from every part of the split, not its first files only
+        rows = spread_indices(len(held_out["tokens"]), cfg.eval_sequences)
+        held_out = _tensors(held_out, rows)
     checkpoints = set(cfg.checkpoints)
     rows: list[dict[str, Any]] = []
     start = 0

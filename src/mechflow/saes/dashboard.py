@@ -10,8 +10,10 @@ For an SAE trained on one hook of a HookedTransformer, from that hook's activati
   W_O for ``hook_z``/``hook_result``, W_out for ``mlp.hook_post``) and through W_U, ignoring the
   final LayerNorm's scale as SAE dashboards do; its most promoted and suppressed tokens.
 
-Token ids come from synthetic vocabularies (no tokenizer), so contexts are written as ids:
-``"12 87 [45] 3"`` with the activating token bracketed. Memory stays bounded by the batch:
+With a ``decode`` (a tokenizer's, for a model of text) contexts are text, the activating token
+in guillemets and line breaks shown as ``⏎``: ``"    def «__init__»(self"``; tokens of a synthetic
+vocabulary (no tokenizer) are written as ids: ``"12 87 [45] 3"``. Both tables also carry each
+token's own ``text``. Memory stays bounded by the batch:
 only ``(tokens, d_sae)`` activations of one batch and ``(n_latents, top_k)`` buffers are held.
 """
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,9 +40,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CONTEXT_COLUMNS = ["latent", "rank", "seq", "pos", "activation", "token", "context"]
+CONTEXT_COLUMNS = ["latent", "rank", "seq", "pos", "activation", "token", "text", "context"]
 HISTOGRAM_COLUMNS = ["latent", "bin_left", "bin_right", "count", "frequency"]
-LOGIT_COLUMNS = ["latent", "sign", "rank", "token", "value"]
+LOGIT_COLUMNS = ["latent", "sign", "rank", "token", "text", "value"]
+Decode = Callable[[Sequence[int]], str]  # token ids -> text (a tokenizer's decode)
+VISIBLE = str.maketrans({"\n": "⏎", "\t": "⇥", "\r": "␍"})  # whitespace a context must show
 
 # Hooks whose activation is added to the residual stream as is (d_in == d_model).
 _RESIDUAL_HOOK = re.compile(
@@ -150,11 +154,24 @@ def select_latents(
     return chosen
 
 
-def format_context(tokens: Sequence[int], pos: int, before: int, after: int) -> str:
-    """``"12 87 [45] 3"``: up to ``before`` ids before ``pos`` and ``after`` after it."""
+def token_text(token: int, decode: Decode | None) -> str:
+    """One token as a person reads it: its text, line breaks and tabs made visible (its id
+    without a tokenizer)."""
+    return decode([int(token)]).translate(VISIBLE) if decode is not None else str(int(token))
+
+
+def format_context(
+    tokens: Sequence[int], pos: int, before: int, after: int, decode: Decode | None = None
+) -> str:
+    """Up to ``before`` tokens before ``pos`` and ``after`` after it: text with the activating
+    token in guillemets (``"self.«_name» ="``) with a ``decode``, else ids (``"12 87 [45] 3"``)."""
     lo, hi = max(0, pos - before), min(len(tokens), pos + after + 1)
-    parts = [f"[{tokens[i]}]" if i == pos else str(tokens[i]) for i in range(lo, hi)]
-    return " ".join(parts)
+    if decode is None:
+        parts = [f"[{tokens[i]}]" if i == pos else str(tokens[i]) for i in range(lo, hi)]
+        return " ".join(parts)
+    shown = [token_text(tokens[i], decode) for i in range(lo, hi)]
+    shown[pos - lo] = f"«{shown[pos - lo]}»"
+    return "".join(shown)
 
 
 @torch.no_grad()
@@ -171,6 +188,7 @@ def latent_activations(
     after: int = 2,
     bins: int = 30,
     batch_size: int = 64,
+    decode: Decode | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Top-activating contexts and histograms of nonzero activations of ``latents``.
 
@@ -238,7 +256,7 @@ def latent_activations(
             ids = [int(t) for t in tokens[row_of[seq]]]
             context_rows.append(
                 (i, rank, seq, pos, float(best_vals[row, rank]), ids[pos],
-                 format_context(ids, pos, context, after))
+                 token_text(ids[pos], decode), format_context(ids, pos, context, after, decode))
             )  # fmt: skip
     contexts = pd.DataFrame(context_rows, columns=CONTEXT_COLUMNS)
 
@@ -299,6 +317,7 @@ def direct_logit_effects(
     latents: Sequence[int],
     *,
     n_logits: int = 8,
+    decode: Decode | None = None,
 ) -> pd.DataFrame:
     """The ``n_logits`` most promoted (sign positive) and suppressed (negative) output tokens."""
     if n_logits < 1:
@@ -314,7 +333,8 @@ def direct_logit_effects(
             ("negative", torch.sort(values, descending=False, stable=True).indices),
         ):
             for rank, token in enumerate(order[:k].tolist()):
-                rows.append((i, sign, rank, int(token), float(values[token])))
+                text = token_text(token, decode)
+                rows.append((i, sign, rank, int(token), text, float(values[token])))
     return pd.DataFrame(rows, columns=LOGIT_COLUMNS)
 
 
@@ -343,8 +363,10 @@ def summarize_latents(
     bins: int = 30,
     n_logits: int = 8,
     batch_size: int = 64,
+    decode: Decode | None = None,
 ) -> LatentSummary:
-    """The three dashboard tables for ``latents`` (default: :func:`select_latents`)."""
+    """The three dashboard tables for ``latents`` (default: :func:`select_latents`); tokens are
+    shown as text with ``decode``."""
     stats = latent_statistics(sae, store, hook, skip_bos=skip_bos, batch_size=batch_size)
     chosen = (
         [int(i) for i in latents]
@@ -355,7 +377,7 @@ def summarize_latents(
         raise ValueError(f"{hook}: every latent is dead on {store.path}; nothing to summarise")
     contexts, histograms = latent_activations(
         sae, store, hook, chosen, stats, skip_bos=skip_bos, top_k=top_k, context=context,
-        after=after, bins=bins, batch_size=batch_size,
+        after=after, bins=bins, batch_size=batch_size, decode=decode,
     )  # fmt: skip
-    logits = direct_logit_effects(model, hook, sae, chosen, n_logits=n_logits)
+    logits = direct_logit_effects(model, hook, sae, chosen, n_logits=n_logits, decode=decode)
     return LatentSummary(chosen, stats, contexts, histograms, logits)

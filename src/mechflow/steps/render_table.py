@@ -36,6 +36,7 @@ th { text-align: left; background: #eef1f5; position: sticky; top: 0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.mark { font-weight: bold; background: #fde2e1; }
 tbody tr:hover { background: #f6f8fa; }
+td.text { white-space: pre-wrap; font-family: ui-monospace, monospace; font-size: 12px; }
 p.note { color: #616e7c; font-size: 12px; }
 """.strip()
 
@@ -110,12 +111,17 @@ def marks(df: pd.DataFrame, above: float | None, index: list[str]) -> pd.DataFra
 
 def to_html(df: pd.DataFrame, marked: pd.DataFrame, title: str, notes: list[str]) -> str:
     numeric = {c for c in df.columns if _is_number(df[c])}
+    # text kept as written (samples, code): a column with a line break keeps its whitespace
+    text_columns = {
+        c for c in df.columns if c not in numeric and df[c].astype(str).str.contains("\n").any()
+    }
     header = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
     rows = []
     for i in range(len(df)):
         cells = []
         for column in df.columns:
             classes = [name for name, on in (("num", column in numeric),
+                                             ("text", column in text_columns),
                                              ("mark", marked[column].iat[i])) if on]  # fmt: skip
             attr = f' class="{" ".join(classes)}"' if classes else ""
             text = html.escape(format_value(_cell_value(df[column].iat[i])))

@@ -6,11 +6,12 @@ hold that hook and come from ``--model-dir``) and the model's unembedding. Laten
 ``--latents`` or the ``--n-latents`` most frequently firing among those firing on fewer than
 ``--max-frequency`` of tokens. Writes three tidy tables:
 
-- ``--contexts``: latent, rank, seq, pos, activation, token, context (ids around the token,
-  the activating one bracketed: ``"12 87 [45] 3"``); at most ``--top-k`` rows per latent.
+- ``--contexts``: latent, rank, seq, pos, activation, token, text, context (the text around
+  the token with ``--tokenizer``, the activating one in guillemets: ``"self.«_name» ="``; else
+  ids, the activating one bracketed: ``"12 87 [45] 3"``); at most ``--top-k`` rows per latent.
 - ``--histograms``: latent, bin_left, bin_right, count, frequency (of the nonzero activations;
   counts sum to the latent's firing count, frequency = firing count / tokens).
-- ``--logits``: latent, sign (positive/negative), rank, token, value (W_dec[latent] @ W_U,
+- ``--logits``: latent, sign (positive/negative), rank, token, text, value (W_dec[latent] @ W_U,
   final LayerNorm scale ignored).
 
 Position 0 (BOS) is left out when the SAE was trained without it, as in evaluate_sae.
@@ -45,6 +46,7 @@ def run(
     bins: int = 30,
     n_logits: int = 8,
     batch_size: int = 64,
+    tokenizer_path: Path | None = None,
     device: str = "auto",
 ):
     from mechflow.models.build import load_model
@@ -68,12 +70,22 @@ def run(
         if bad:
             raise ValueError(f"--latents {bad}: out of range for the SAE's d_sae={sae.d_sae}")
 
+    decode = None
+    if tokenizer_path is not None:
+        from mechflow.data.text import decode as decode_ids
+        from mechflow.data.text import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer_path)
+
+        def decode(ids):
+            return decode_ids(tokenizer, ids)
+
     dev = pick_device(device)
     model = load_model(model_dir, device=dev)
     summary = summarize_latents(
         sae.to(dev), acts, hook, model, latents=latents, n_latents=n_latents,
         max_frequency=max_frequency, skip_bos=inputs.skip_bos, top_k=top_k, context=context,
-        after=after, bins=bins, n_logits=n_logits, batch_size=batch_size,
+        after=after, bins=bins, n_logits=n_logits, batch_size=batch_size, decode=decode,
     )  # fmt: skip
     write_table(summary.contexts, contexts_out)
     write_table(summary.histograms, histograms_out)
@@ -102,6 +114,13 @@ def main(argv: list[str] | None = None) -> None:
         help="chosen latents fire on fewer than this fraction of tokens (if enough do)",
     )
     parser.add_argument("--top-k", type=int, default=8, help="top-activating contexts per latent")
+    parser.add_argument(
+        "--tokenizer",
+        dest="tokenizer_path",
+        type=Path,
+        default=None,
+        help="tokenizer.json: contexts and tokens as text (default: token ids)",
+    )
     parser.add_argument("--context", type=int, default=6, help="tokens shown before the token")
     parser.add_argument("--after", type=int, default=2, help="tokens shown after the token")
     parser.add_argument("--bins", type=int, default=30, help="histogram bins per latent")

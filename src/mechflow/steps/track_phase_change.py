@@ -39,6 +39,7 @@ def run(
     batch_size: int,
     icl_early: int,
     icl_late: int,
+    icl_sequences: int,
     device: str = "auto",
 ) -> pd.DataFrame:
     from mechflow.analysis.losses import resolve_position
@@ -50,7 +51,7 @@ def run(
     fits = {"d_vocab": cfg["d_vocab"], "n_ctx": cfg["n_ctx"]}
     eval_tokens = check_tokens(eval_tokens_path, **fits, flag="--eval-tokens")
     check_repeated(eval_tokens, half_len, f"--eval-tokens {eval_tokens_path}")
-    icl_tokens = check_tokens(icl_tokens_path, **fits, flag="--icl-tokens")
+    icl_tokens = check_tokens(icl_tokens_path, **fits, flag="--icl-tokens")[:icl_sequences]
     icl_len = icl_tokens.shape[1]
     early, late = (resolve_position(p, icl_len) for p in (icl_early, icl_late))
     if late <= early:
@@ -102,6 +103,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--half-len", required=True, type=int, help="len(r) of --eval-tokens")
     parser.add_argument("--icl-early", required=True, type=int, help="predicted position")
     parser.add_argument("--icl-late", required=True, type=int, help="predicted position; -1 = last")
+    parser.add_argument(
+        "--icl-sequences", required=True, type=int, help="first sequences of --icl-tokens read"
+    )
     parser.add_argument("--batch-size", required=True, type=int)
     add_runtime_flags(parser, device=True)
     parser.add_argument("--out", required=True, type=Path, help="phase_change.csv")

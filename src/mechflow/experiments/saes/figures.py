@@ -128,7 +128,9 @@ def _histogram_panel(ax, rows: pd.DataFrame, latent: int) -> None:
 
 def _context_panel(ax, rows: pd.DataFrame) -> None:
     ax.set_axis_off()
-    ax.set_title("top activations: token ids, [activating token]", loc="left")
+    as_text = rows["context"].astype(str).str.contains("«").any()
+    what = "text, «activating token»" if as_text else "token ids, [activating token]"
+    ax.set_title(f"top activations: {what}", loc="left")
     rows = rows.sort_values("rank")
     if rows.empty:
         ax.text(0.0, 0.9, "no activations", transform=ax.transAxes, va="top")
@@ -154,9 +156,13 @@ def _logit_panel(ax, rows: pd.DataFrame) -> None:
     y = np.arange(len(shown))[::-1]
     colors = [POSITIVE_COLOR if v >= 0 else NEGATIVE_COLOR for v in shown["value"]]
     ax.barh(y, shown["value"], color=colors)
-    ax.set_yticks(y, [str(int(t)) for t in shown["token"]], fontsize=7)
+    labels = (
+        shown["text"].astype(str) if "text" in shown else shown["token"].astype(int).astype(str)
+    )
+    as_ids = labels.eq(shown["token"].astype(int).astype(str)).all()
+    ax.set_yticks(y, labels if as_ids else [repr(t) for t in labels], fontsize=7)
     ax.axvline(0, color="black", linewidth=0.6)
-    ax.set_ylabel("token id")
+    ax.set_ylabel("token id" if as_ids else "token")
     ax.set_xlabel("W_dec · W_U")
     ax.set_title("direct logit effect", loc="left")
     ax.grid(alpha=0.3, axis="x")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from mechflow.config_problems import did_you_mean, unknown_name
@@ -11,8 +12,11 @@ from mechflow.wiring import (
     RESULTS,
     activation_store,
     as_json,
+    check_fits,
     checked_architecture,
     dataset_path,
+    text_source,
+    tokenizer_path,
 )
 
 TOY_HOOK = "hook_hidden"  # the toy model's hidden layer, cached as an ordinary store
@@ -103,6 +107,8 @@ class Wiring(Experiment):
                     problems.append(
                         unknown_name(f"{where}.{key}", "dataset", lm[key], list(datasets))
                     )
+            for key in ("dataset", "eval_dataset"):
+                check_fits(config, f"{where}.{key}", lm[key], model, problems)
             for i, hook in enumerate(lm["hooks"]):
                 if arch is not None and hook not in hook_names(arch):
                     problems.append(
@@ -194,6 +200,14 @@ class Wiring(Experiment):
 
     def eval_tokens(self, wildcards) -> str:
         return dataset_path(self.lm["eval_dataset"])
+
+    def tokenizer(self, wildcards) -> list[str]:
+        """The tokenizer of the eval tokens, when they are text (the dashboards decode them)."""
+        text = text_source(self.config.get("datasets", {}), self.lm["eval_dataset"])
+        return [tokenizer_path(text)] if text else []
+
+    def tokenizer_flag(self, wildcards) -> str:
+        return " ".join(f"--tokenizer {shlex.quote(path)}" for path in self.tokenizer(wildcards))
 
     def sweep_metrics(self, wildcards) -> list[str]:
         return [
