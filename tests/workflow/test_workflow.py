@@ -34,21 +34,25 @@ def test_dry_run_of_the_default_config_plans_every_figure(workflow_copy):
         for line in out.splitlines()
         if len(line.split()) == 2 and line.split()[1].isdigit()
     }
-    assert counts["train_model"] == 2
-    assert (
-        counts["cache_activations"] == 2 + 2
-    )  # the induction probes, and the SAE train/eval caches
-    assert counts["plot_composition"] == 1  # only the 2-layer model has composition
-    assert counts["plot_phase_change"] == 2
+    assert counts["train_model"] == 3  # two attention-only models and the text model
+    # the induction probes of three models, and the SAE train/eval caches of the text model
+    assert counts["cache_activations"] == 3 + 2
+    assert counts["make_text_dataset"] == 1 and counts["select_sequences"] == 2
+    assert counts["plot_composition"] == 2  # the one-layer model has no composition
+    assert counts["plot_phase_change"] == 3
     assert counts["train_grokking_model"] == 1
     assert counts["measure_progress"] == 1 and counts["check_grokking"] == 1
     for figure in ("grokking_curves", "embedding_fourier", "activation_maps", "progress_measures"):
         assert counts[f"plot_{figure}"] == 1
     assert counts["train_toy_model"] == 2 and counts["plot_dimensionality"] == 2
     assert counts["map_superposition_phases"] == 1
-    assert counts["train_sae"] == 12 + 1  # the sweep on attn_only_2l and the toy SAE
+    assert counts["train_sae"] == 12 + 1  # the sweep on the text model and the toy SAE
     assert counts["evaluate_sae"] == 12 and counts["evaluate_toy_sae"] == 1
     assert counts["plot_sae_frontier"] == 1 and counts["plot_latent_dashboard"] == 1
+    for rule in ("compare_baselines", "sample_text", "apply_logit_lens", "attribute_logits"):
+        assert counts[rule] == 1, rule
+    for figure in ("loss_curve", "logit_lens", "logit_attribution"):
+        assert counts[f"plot_{figure}"] == 1
 
 
 def test_bad_config_stops_before_any_job_naming_the_key(workflow_copy, tmp_path):
@@ -166,8 +170,8 @@ def test_a_registered_experiment_runs_through_its_own_files_and_one_registry_lin
     )
     registry = src / "mechflow/experiments/__init__.py"
     text = registry.read_text()
-    assert '"saes")' in text
-    registry.write_text(text.replace('"saes")', '"saes", "dummy")'))  # the one registry line
+    assert '"language_model")' in text
+    registry.write_text(text.replace('"language_model")', '"language_model", "dummy")'))
     (src / "mechflow/experiments/dummy").mkdir()
     (src / "mechflow/experiments/dummy/__init__.py").write_text("")
     (src / "mechflow/experiments/dummy/workflow.py").write_text(DUMMY_WIRING)
@@ -198,8 +202,8 @@ def test_a_registered_experiment_runs_through_its_own_files_and_one_registry_lin
     proc = snakemake(work, "-n", "--configfile", "dummy.yaml", env=env, check=False)
     assert proc.returncode != 0
     assert (
-        "experiments.dummy: unknown experiment; registered: grokking, induction, saes, superposition"
-        in proc.stdout + proc.stderr
+        "experiments.dummy: unknown experiment; registered: grokking, induction, language_model, "
+        "saes, superposition" in proc.stdout + proc.stderr
     )
 
 
