@@ -227,7 +227,9 @@ def test_every_figure_is_built_and_a_second_run_does_nothing(tiny_run):
         p.relative_to(tiny_run / "results/figures").as_posix()
         for p in (tiny_run / "results/figures").rglob("*.png")
     )
-    assert len(figures) == 11 + 4 + 3 + 3, figures
+    # induction: 11 for the attention-only models, 6 for the text model; grokking, superposition,
+    # SAEs, the language model
+    assert len(figures) == 11 + 6 + 4 + 3 + 3 + 3, figures
     for png in (tiny_run / "results/figures").rglob("*.png"):
         assert png.stat().st_size > 10_000 and png.with_suffix(".svg").stat().st_size > 10_000
     proc = snakemake(tiny_run, "-n", "--configfile", "config/test.yaml")
