@@ -84,6 +84,14 @@ SHARED_INPUTS: dict[str, list[tuple[tuple[str, ...], dict[str, Any]]]] = {
         ),
         (("--half-len",), {"required": True, "type": int, "help": "len(r)"}),
     ],
+    "text_sample": [  # held-out text the language-model analyses read
+        (("--tokens",), {"dest": "tokens_path", "required": True, "type": Path}),
+        (
+            ("--sequences",),
+            {"required": True, "type": int, "help": "sequences read, spread over --tokens"},
+        ),
+        (("--batch-size",), {"required": True, "type": int}),
+    ],
     "sae": [
         (
             ("--sae",),

@@ -49,12 +49,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = step_parser(__doc__, "model_dir")
-    parser.add_argument("--tokens", dest="tokens_path", required=True, type=Path)
-    parser.add_argument(
-        "--sequences", required=True, type=int, help="sequences read, spread over --tokens"
-    )
-    parser.add_argument("--batch-size", required=True, type=int)
+    parser = step_parser(__doc__, "model_dir", "text_sample")
     add_runtime_flags(parser, device=True)
     parser.add_argument("--out", required=True, type=Path, help="logit_attribution.csv")
     parse_and_run(parser, run, argv)
