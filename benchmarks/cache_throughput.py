@@ -6,12 +6,18 @@ caching ``hook_resid_post`` of every layer into a zarr v3 store, for fp32 and fp
 for an fp32 store whose chunk rows the batch size does not divide (batches straddle chunks; the
 writer still writes whole aligned chunks). The writer stops after the last hooked block (TL 3
 ``stop_at_layer``), so the baseline is the bare forward with ``stop_at_layer=n_layers``; the
-full forward (with the unembed) is shown too.
+full forward (with the unembed) is shown too. Two more fp32 variants answer how the step should
+use a CPU: the write path the writer does not pick at this thread count (inline or on its
+writer thread), and, with ``--threads`` > 1, one torch thread fewer handed to the writer thread.
+Each variant runs next to a baseline run of its own; ``ratio`` is the median over repeats of
+baseline time / variant time of each pair (``CPU ratio`` the same for process CPU time, all
+threads: what the variant costs on a machine with no idle core).
 Then peak RSS of caching N and 10*N sequences, each in a fresh subprocess.
 
-Scenarios: ``gpt2`` (GPT-2-small architecture, random init: the model dominates on CPU) and
+Scenarios: ``gpt2`` (GPT-2-small architecture, random init: the model dominates on CPU),
 ``small`` (2 layers, d_model 128, vocab 1k: ~46 MB/s of activations on CPU, so the write path
-matters). Not a test: prints a table. See benchmarks/README.md.
+matters) and ``text`` (the default text model: 4 layers, d_model 128, n_ctx and sequences 256,
+vocab 4096). Not a test: prints a table. See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +45,9 @@ from mechflow.data.tokens import load_tokens, save_tokens
 from mechflow.models.build import build_model
 from mechflow.models.config import Architecture
 from mechflow.runtime import go_offline, pick_device, set_threads
+from mechflow.steps.cache_activations import retain_freed_memory
 from mechflow.store import write_activation_store
-from mechflow.store.writer import auto_chunk_rows
+from mechflow.store.writer import auto_chunk_rows, background_writes
 
 SCENARIOS = {
     "gpt2": Architecture(
@@ -50,13 +58,23 @@ SCENARIOS = {
         n_layers=2, d_model=128, n_heads=4, d_head=32, d_mlp=512, n_ctx=1024,
         d_vocab=1000, act_fn="gelu_new",
     ),
+    "text": Architecture(
+        n_layers=4, d_model=128, n_heads=4, d_head=32, d_mlp=512, n_ctx=256,
+        d_vocab=4096, act_fn="gelu_new", normalization_type="LN",
+    ),
 }  # fmt: skip
 # Default batches per timed run and N for the RSS runs (10*N is the large one), per scenario:
 # GPT-2 small on 2 CPU threads is ~300 tokens/s, the small model ~45k tokens/s.
 BASELINE = "bare forward, stop_at_layer [baseline]"
 STRADDLING = "cache_activations fp32, batches straddle chunks"
-DEFAULT_BATCHES = {"gpt2": 4, "small": 100}
-DEFAULT_RSS_BATCHES = {"gpt2": 2, "small": 20}
+DEFAULT_BATCHES = {"gpt2": 4, "small": 100, "text": 50}
+DEFAULT_RSS_BATCHES = {"gpt2": 2, "small": 20, "text": 10}
+# Tokens per sequence: the text model reads 256-token rows (its n_ctx).
+DEFAULT_POS = {"gpt2": 128, "small": 128, "text": 256}
+
+
+def positions(args, name: str) -> int:
+    return args.pos or DEFAULT_POS[name]
 
 
 def resid_hooks(arch: Architecture) -> list[str]:
@@ -90,7 +108,7 @@ def bare_forward(model, tokens, batch_size: int, device: torch.device, stop_at_l
 
 def cache(
     model, tokens, out: Path, hooks, batch_size: int, dtype: str, compression: str,
-    chunk_size: int | None = None,
+    chunk_size: int | None = None, background: bool | None = None,
 ) -> None:  # fmt: skip
     provenance = {
         "model": "benchmark", "model_hash": f"random-init-{id(model)}",
@@ -98,8 +116,17 @@ def cache(
     }  # fmt: skip
     write_activation_store(
         model, tokens, out, hooks, batch_size=batch_size, chunk_size=chunk_size, dtype=dtype,
-        compression=compression, provenance=provenance, progress=False,
+        compression=compression, provenance=provenance, progress=False, background=background,
     )  # fmt: skip
+
+
+def with_threads(threads: int, run: Callable[[], None]) -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        run()
+    finally:
+        torch.set_num_threads(before)
 
 
 def straddling_rows(rows: int, batch_size: int) -> int:
@@ -113,47 +140,80 @@ def throughput(args, name: str, workdir: Path) -> list[dict]:
     batches = args.batches or DEFAULT_BATCHES[name]
     model = make_model(arch, device)
     hooks = resid_hooks(arch)
-    tokens = make_tokens(workdir / f"{name}.npy", batches * args.batch_size, args.pos, arch.d_vocab)
+    n_pos = positions(args, name)
+    tokens = make_tokens(workdir / f"{name}.npy", batches * args.batch_size, n_pos, arch.d_vocab)
     n_tokens = tokens.size
-    row_bytes = arch.n_layers * args.pos * arch.d_model * 4  # fp32
+    row_bytes = arch.n_layers * n_pos * arch.d_model * 4  # fp32
     rows = auto_chunk_rows(row_bytes, tokens.shape[0])
     odd_rows = straddling_rows(rows, args.batch_size)
     print(f"{name}: {rows} rows per fp32 chunk by default, {odd_rows} in the straddling variant")
+    bs, comp, stop = args.batch_size, args.compression, arch.n_layers
     variants = {
-        "bare forward, full (with unembed)": lambda out: bare_forward(
-            model, tokens, args.batch_size, device, None
-        ),
-        BASELINE: lambda out: bare_forward(model, tokens, args.batch_size, device, arch.n_layers),
-        "cache_activations fp32": lambda out: cache(
-            model, tokens, out, hooks, args.batch_size, "float32", args.compression
-        ),
-        "cache_activations fp16": lambda out: cache(
-            model, tokens, out, hooks, args.batch_size, "float16", args.compression
-        ),
-        STRADDLING: lambda out: cache(
-            model, tokens, out, hooks, args.batch_size, "float32", args.compression, odd_rows
-        ),
-    }
+        "bare forward, full (with unembed)": lambda out: bare_forward(model, tokens, bs, device, None),
+        BASELINE: lambda out: bare_forward(model, tokens, bs, device, stop),
+        "cache_activations fp32": lambda out: cache(model, tokens, out, hooks, bs, "float32", comp),
+        "cache_activations fp16": lambda out: cache(model, tokens, out, hooks, bs, "float16", comp),
+        STRADDLING: lambda out: cache(model, tokens, out, hooks, bs, "float32", comp, odd_rows),
+    }  # fmt: skip
+    # The write path the writer does not pick at this thread count, and (on a CPU with threads
+    # to spare) one core handed from torch to the writer thread: which should the step use?
+    auto = background_writes(device)
+    variants[f"cache_activations fp32, forced {'inline' if auto else 'writer thread'}"] = (
+        lambda out: cache(model, tokens, out, hooks, bs, "float32", comp, background=not auto)
+    )
+    if device.type == "cpu" and args.threads > 1:
+        fewer = args.threads - 1
+        variants[f"cache_activations fp32, {fewer} torch thread(s) + writer thread"] = lambda out: (
+            with_threads(
+                fewer,
+                lambda: cache(model, tokens, out, hooks, bs, "float32", comp, background=True),
+            )
+        )
+    if args.only:  # the baseline always runs: every ratio is against it
+        variants = {
+            label: run for label, run in variants.items()
+            if label == BASELINE or any(part in label for part in args.only)
+        }  # fmt: skip
     # warm-up: allocator, kernels, zarr's event loop
-    warm = make_tokens(workdir / "warm.npy", args.batch_size, args.pos, arch.d_vocab)
+    warm = make_tokens(workdir / "warm.npy", args.batch_size, n_pos, arch.d_vocab)
     bare_forward(model, warm, args.batch_size, device, arch.n_layers)
     cache(model, warm, workdir / "warm.zarr", hooks, args.batch_size, "float32", args.compression)
     shutil.rmtree(workdir / "warm.zarr")
 
-    times: dict[str, list[float]] = {v: [] for v in variants}
-    labels = list(variants)
-    for repeat in range(args.repeats):
-        # interleaved and rotated, so drifting machine load hits every variant alike
-        for label in labels[repeat % len(labels) :] + labels[: repeat % len(labels)]:
-            out = workdir / f"{name}_{repeat}.zarr"
-            t0 = time.perf_counter()
-            variants[label](out)
-            times[label].append(time.perf_counter() - t0)
-            shutil.rmtree(out, ignore_errors=True)
+    def timed(label: str, out: Path) -> tuple[float, float, float]:
+        t0, c0, k0 = time.perf_counter(), time.process_time(), os.times().system
+        variants[label](out)
+        sync(device)
+        return time.perf_counter() - t0, time.process_time() - c0, os.times().system - k0
 
-    base = times[BASELINE]
+    # Each variant runs right next to a baseline run of its own (before it in one repeat, after
+    # it in the next), and the variants' order rotates: drifting machine load hits every pair
+    # alike. Ratios are per pair, so a slow spell hits both of its runs.
+    others = [label for label in variants if label != BASELINE]
+    wall: dict[str, list[float]] = {label: [] for label in variants}
+    cpu: dict[str, list[float]] = {label: [] for label in variants}
+    kernel: dict[str, list[float]] = {label: [] for label in variants}
+    ratios: dict[str, list[float]] = {label: [] for label in others}
+    cpu_ratios: dict[str, list[float]] = {label: [] for label in others}
+    for repeat in range(args.repeats):
+        order = others[repeat % len(others) :] + others[: repeat % len(others)]
+        for i, label in enumerate(order):
+            pair = [BASELINE, label] if (repeat + i) % 2 == 0 else [label, BASELINE]
+            result = {}
+            for run in pair:
+                out = workdir / f"{name}_{repeat}.zarr"
+                result[run] = timed(run, out)
+                shutil.rmtree(out, ignore_errors=True)
+            for run, (w, c, k) in result.items():
+                wall[run].append(w)
+                cpu[run].append(c)
+                kernel[run].append(k)
+            ratios[label].append(result[BASELINE][0] / result[label][0])
+            cpu_ratios[label].append(result[BASELINE][1] / result[label][1])
+    ratios[BASELINE] = cpu_ratios[BASELINE] = [1.0]
+
     rows = []
-    for label, ts in times.items():
+    for label, ts in wall.items():
         median = statistics.median(ts)
         mb = 0.0
         if label.startswith("cache"):
@@ -163,8 +223,10 @@ def throughput(args, name: str, workdir: Path) -> list[dict]:
             "scenario": name, "variant": label, "tokens": n_tokens,
             "tokens_per_s": n_tokens / median, "best_tokens_per_s": n_tokens / min(ts),
             "act_mb_per_s": mb / median,
-            # per repeat, against the baseline run beside it: robust to slow drifts in load
-            "ratio_vs_baseline": statistics.median(b / t for b, t in zip(base, ts, strict=True)),
+            "ratio_vs_baseline": statistics.median(ratios[label]),
+            "ratio_spread": f"{min(ratios[label]):.3f}-{max(ratios[label]):.3f}",
+            "cpu_ratio": statistics.median(cpu_ratios[label]),
+            "kernel_s": statistics.median(kernel[label]),
         })  # fmt: skip
     return rows
 
@@ -183,13 +245,17 @@ def process_peak_rss_mb() -> float:
 
 def rss_child(args) -> None:
     """Runs in a subprocess: cache ``--batches`` batches and report memory as JSON."""
-    arch = SCENARIOS[args.scenario]
+    (name,) = args.scenario
+    arch = SCENARIOS[name]
     device = pick_device(args.device)
     workdir = Path(tempfile.mkdtemp(dir=args.tmpdir))
     try:
         model = make_model(arch, device)
         tokens = make_tokens(
-            workdir / "t.npy", args.batches * args.batch_size, args.pos, arch.d_vocab
+            workdir / "t.npy",
+            args.batches * args.batch_size,
+            positions(args, name),
+            arch.d_vocab,
         )
         proc = psutil.Process()
         before = proc.memory_info().rss
@@ -228,10 +294,13 @@ def peak_rss(args, name: str) -> list[dict]:
     for batches in (n, 10 * n):
         cmd = [
             sys.executable, __file__, "--rss-child", "--scenario", name,
-            "--batches", str(batches), "--batch-size", str(args.batch_size), "--pos", str(args.pos),
+            "--batches", str(batches), "--batch-size", str(args.batch_size),
+            "--pos", str(positions(args, name)),
             "--threads", str(args.threads), "--device", args.device,
             "--compression", args.compression,
         ]  # fmt: skip
+        if args.default_malloc:
+            cmd.append("--default-malloc")
         if args.tmpdir is not None:
             cmd += ["--tmpdir", str(args.tmpdir)]
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -242,7 +311,7 @@ def peak_rss(args, name: str) -> list[dict]:
             {
                 "scenario": name,
                 "batches": batches,
-                "tokens": batches * args.batch_size * args.pos,
+                "tokens": batches * args.batch_size * positions(args, name),
                 **stats,
             }
         )
@@ -262,11 +331,21 @@ def fmt_cell(value) -> str:
     return str(value)
 
 
+def scenario_names(picked: list[str]) -> list[str]:
+    aliases = {"all": list(SCENARIOS), "both": ["gpt2", "small"]}
+    return list(dict.fromkeys(n for p in picked for n in aliases.get(p, [p])))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--scenario", choices=[*SCENARIOS, "both"], default="both")
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=[*SCENARIOS, "both", "all"],
+        help="repeatable; 'both' is gpt2 and small, 'all' (the default) every scenario",
+    )
     parser.add_argument("--small", action="store_true", help="only the small-model scenario")
     parser.add_argument(
         "--batches",
@@ -275,7 +354,9 @@ def main(argv: list[str] | None = None) -> None:
         help=f"batches per timed run (default {DEFAULT_BATCHES})",
     )
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--pos", type=int, default=128, help="tokens per sequence")
+    parser.add_argument(
+        "--pos", type=int, default=None, help=f"tokens per sequence (default {DEFAULT_POS})"
+    )
     parser.add_argument(
         "--repeats", type=int, default=4, help="timed runs per variant (median reported)"
     )
@@ -288,23 +369,37 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help=f"N for the RSS runs (default {DEFAULT_RSS_BATCHES})",
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="TEXT",
+        help="time only the variants whose label contains TEXT (repeatable; e.g. 'fp16', "
+        "'cache_activations fp32'); the baseline always runs",
+    )
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
     parser.add_argument(
         "--tmpdir", type=Path, default=None, help="where stores are written (default: system temp)"
+    )
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's malloc thresholds alone (the cache_activations step fixes them: "
+        "mechflow.steps.cache_activations.retain_freed_memory)",
     )
     parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     go_offline()
     set_threads(args.threads)
+    retained = not args.default_malloc and retain_freed_memory()  # as the step does
     if args.rss_child:
         rss_child(args)
         return
-    names = (
-        ["small"] if args.small else list(SCENARIOS) if args.scenario == "both" else [args.scenario]
-    )
+    names = scenario_names(["small"] if args.small else args.scenario or ["all"])
     device = pick_device(args.device)
-    print(f"device {device}, torch threads {torch.get_num_threads()}, batch {args.batch_size} x {args.pos} tokens, "
-          f"compression {args.compression}, cpu count {os.cpu_count()}")  # fmt: skip
+    pos = {name: positions(args, name) for name in names}
+    print(f"device {device}, torch threads {torch.get_num_threads()}, batch {args.batch_size} x "
+          f"{pos} tokens, compression {args.compression}, cpu count {os.cpu_count()}, "
+          f"freed memory {'retained' if retained else 'returned to the kernel (glibc default)'}")  # fmt: skip
     tp_rows, rss_rows = [], []
     with tempfile.TemporaryDirectory(dir=args.tmpdir) as tmp:
         for name in names:
@@ -315,12 +410,14 @@ def main(argv: list[str] | None = None) -> None:
             print(f"timing {name} ...", flush=True)
             tp_rows += throughput(args, name, Path(tmp))
     print(
-        "\nThroughput (median of repeats; ratio = median over repeats of baseline time / variant time):"
+        "\nThroughput (median of repeats; ratio = median over repeats of baseline time / variant "
+        "time, each variant paired with a baseline run beside it; CPU ratio: the same for CPU time):"
     )
     print_table(tp_rows, {
         "scenario": "scenario", "variant": "variant", "tokens": "tokens", "tokens_per_s": "tokens/s",
         "best_tokens_per_s": "best tokens/s", "act_mb_per_s": "activations MB/s",
-        "ratio_vs_baseline": "ratio",
+        "ratio_vs_baseline": "ratio", "ratio_spread": "ratio min-max", "cpu_ratio": "CPU ratio",
+        "kernel_s": "kernel CPU s",
     })  # fmt: skip
     if rss_rows:
         print("\nRSS of caching N and 10*N batches (fresh subprocess each, fp32 store):")
@@ -342,13 +439,15 @@ def main(argv: list[str] | None = None) -> None:
         for row in tp_rows:
             if row["scenario"] == name and row["variant"].startswith("cache"):
                 print(
-                    f"{name}: {row['variant']} / bare stop_at_layer = {row['ratio_vs_baseline']:.3f} (target >= 0.95)"
+                    f"{name}: {row['variant']} / bare stop_at_layer = {row['ratio_vs_baseline']:.3f} "
+                    f"(min-max {row['ratio_spread']}, {args.repeats} repeats; target >= 0.95)"
                 )
         ratio = {r["variant"]: r["ratio_vs_baseline"] for r in tp_rows if r["scenario"] == name}
-        print(
-            f"{name}: straddling / default chunks = "
-            f"{ratio[STRADDLING] / ratio['cache_activations fp32']:.3f} (whole-chunk writes either way: ~1)"
-        )
+        if STRADDLING in ratio and "cache_activations fp32" in ratio:
+            print(
+                f"{name}: straddling / default chunks = "
+                f"{ratio[STRADDLING] / ratio['cache_activations fp32']:.3f} (whole-chunk writes either way: ~1)"
+            )
 
 
 if __name__ == "__main__":

@@ -166,6 +166,18 @@ def test_background_writes_only_with_a_spare_core(monkeypatch):
     assert background_writes("cpu") == (cores > 1)
 
 
+def test_write_parallelism_leaves_the_forward_pass_its_cores(monkeypatch):
+    from mechflow.store import writer
+
+    monkeypatch.setattr(writer, "_cores", lambda: 4)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    assert writer.write_parallelism("cpu", background=False) == 4  # the forward pass waits
+    assert writer.write_parallelism("cpu", background=True) == 1
+    assert writer.write_parallelism("cuda", background=True) == 3  # one core drives the GPU
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert writer.write_parallelism("cpu", background=True) == 1  # never none
+
+
 def test_auto_chunk_rows():
     from mechflow.store.writer import TARGET_CHUNK_BYTES, auto_chunk_rows
 
@@ -426,6 +438,20 @@ def test_store_bytes_identical_whatever_batch_size(
         assert a.provenance["config_hash"] == b.provenance["config_hash"]
         for name in ["tokens", *HOOKS]:
             assert a.numpy(name).tobytes() == b.numpy(name).tobytes(), (batch_size, name)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 5], ids=["auto_rows", "explicit_rows"])
+def test_store_bytes_identical_with_and_without_the_writer_thread(
+    tiny_model, tokens, tmp_path, chunk_size
+):
+    stores = {
+        background: write(tiny_model, tokens, tmp_path / f"{background}.zarr", batch_size=3,
+                          chunk_size=chunk_size, compression="zstd", background=background)
+        for background in (False, True)
+    }  # fmt: skip
+    assert array_files(stores[True]) == array_files(stores[False])
+    manifests = [(s / "manifest.json").read_bytes() for s in stores.values()]
+    assert manifests[0] == manifests[1]  # the same chunks, sizes and crc32c, in the same order
 
 
 @pytest.mark.parametrize(("killed_batch", "resumed_batch"), [(5, 3), (3, 7), (2, 64)])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import warnings
 
 import numpy as np
@@ -114,6 +115,61 @@ def test_complete_is_written_after_the_manifest(tiny_model, tokens, tmp_path, mo
     chunks = []
     write(tiny_model, tokens, out, on_chunk=lambda a, b: chunks.append(a))
     assert chunks == []  # every row was written: only the finishing is redone
+    open_store(out).verify()
+
+
+# --- the write path: every chunk written, errors on the writer thread surface -----------------
+def test_chunks_equal_to_the_fill_value_are_written(tiny_model, tokens, tmp_path, write_mode):
+    """All-zero chunks (token 0 everywhere, a dead ReLU's zeros) are data, not zarr's fill value:
+    written and recorded like any other, also by arrays reopened from the group."""
+    zeros = np.zeros_like(np.asarray(tokens))
+    out = write(tiny_model, zeros, tmp_path / "s.zarr")
+    assert len(chunk_files(out, TOKENS)) == 3
+    store = open_store(out)
+    store.verify()
+    np.testing.assert_array_equal(store.numpy(TOKENS), zeros)
+
+    toy = tmp_path / "toy.zarr"
+    hidden = np.zeros((30, 1, 2), dtype=np.float32)
+    write_array_store(toy, {"hook_hidden": hidden}, provenance=PROV)
+    assert chunk_files(toy, "hook_hidden")
+    np.testing.assert_array_equal(open_store(toy).numpy("hook_hidden"), hidden)
+
+
+class DiskFull(OSError):
+    pass
+
+
+@pytest.mark.parametrize("failing_row", [5, 10], ids=["middle_chunk", "last_chunk"])
+@pytest.mark.parametrize("background", [False, True], ids=["inline", "background"])
+def test_a_failed_chunk_write_surfaces_and_the_rerun_resumes(
+    tiny_model, tokens, tmp_path, monkeypatch, background, failing_row
+):
+    """An error while writing a chunk (on the writer thread or not) is raised by the writer,
+    not swallowed; rows_written stops before that chunk, and a rerun resumes from there."""
+    import mechflow.store.writer as writer
+
+    failing = f"{PATTERN}/c/{failing_row // 5}/0/0/0"
+    original = writer._RecordingStore.set
+
+    async def set_or_fail(self, key, value):
+        if key == failing:
+            raise DiskFull(f"no space left writing {key}")
+        await original(self, key, value)
+
+    monkeypatch.setattr(writer._RecordingStore, "set", set_or_fail)
+    out = tmp_path / "s.zarr"
+    threads = [t for t in threading.enumerate() if t.name == "activation-writer"]
+    with pytest.raises(DiskFull, match="no space left"):
+        write(tiny_model, tokens, out, background=background)
+    assert [t for t in threading.enumerate() if t.name == "activation-writer"] == threads
+    assert attrs(out)["rows_written"] == failing_row and attrs(out)["complete"] is False
+    with pytest.raises(IncompleteStoreError):
+        open_store(out)
+    monkeypatch.undo()
+    chunks = []
+    write(tiny_model, tokens, out, background=background, on_chunk=lambda a, b: chunks.append(a))
+    assert chunks == list(range(failing_row, 12, 5))  # resumed, not redone
     open_store(out).verify()
 
 

@@ -22,6 +22,7 @@ decide speed and layout, so a store written with other ones is reused or resumed
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
@@ -40,6 +41,7 @@ import numpy as np
 import torch
 import zarr
 from jaxtyping import Int
+from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 from mechflow.artifacts import (
@@ -475,10 +477,19 @@ def _create(
             fill_value=0,
             compressors=None if is_tokens else compressors(compression),
             dimension_names=("seq", "pos") if is_tokens else meta["dimension_names"][name],
-            # every chunk is data: skip zarr's per-chunk "all fill value?" scan (~2x write CPU)
-            config={"write_empty_chunks": True},
+            config=WRITE_CONFIG,
         )
     return group
+
+
+# Every chunk is data: write it even when it equals the fill value (a chunk of token 0s, a
+# dead ReLU's zeros), which also skips zarr's per-chunk "all fill value?" scan. A runtime
+# setting, not stored: arrays opened from the group get it again through ``_writable``.
+WRITE_CONFIG = {"write_empty_chunks": True}
+
+
+def _writable(group: zarr.Group, names: Iterable[str]) -> dict[str, zarr.Array]:
+    return {name: group[name].with_config(WRITE_CONFIG) for name in names}
 
 
 def _forward_batches(
@@ -527,6 +538,7 @@ def write_activation_store(
     provenance: Mapping[str, Any],
     progress: bool = True,
     on_chunk: Callable[[int, int], None] | None = None,
+    background: bool | None = None,
 ) -> Path:
     """Cache ``hooks`` of ``model`` over ``tokens`` into the zarr v3 group ``out``.
 
@@ -540,7 +552,8 @@ def write_activation_store(
     manifest; an incomplete matching one is resumed from ``rows_written`` in its own chunk
     layout; any other store (a damaged one, one without a manifest) is deleted and rewritten.
     ``on_chunk(start, stop)`` is called after each chunk is recorded (tests use it to simulate
-    a kill).
+    a kill). ``background`` writes chunks on a second thread while the next batches run
+    (None: :func:`background_writes` decides); the store's bytes are the same either way.
 
     Hooks are checked against ``model.hook_dict`` and then against the first batch's forward
     pass (a hook may exist yet never fire, e.g. ``hook_attn_in`` without ``use_attn_in``), both
@@ -602,7 +615,7 @@ def write_activation_store(
             return write_activation_store(
                 model, tokens, out, hooks, batch_size=batch_size, chunk_size=chunk_size,
                 dtype=dtype, compression=compression, provenance=provenance,
-                progress=progress, on_chunk=on_chunk,
+                progress=progress, on_chunk=on_chunk, background=background,
             )  # fmt: skip
         if existing != chunk_rows:
             log.info("%s: keeping its %d rows per chunk (not %d)", out, existing, chunk_rows)
@@ -615,7 +628,7 @@ def write_activation_store(
         if state == "stale":
             shutil.rmtree(out)
         group = _create(out, meta, shapes, dtype, compression)
-    arrays = {name: group[name] for name in shapes}
+    arrays = _writable(group, shapes)
 
     bar = Progress(
         total=n_seq,
@@ -631,17 +644,20 @@ def write_activation_store(
     del first  # else the first batch's activations stay alive for the whole run
     buffer: dict[str, np.ndarray] = {}
     chunk_start = start_row  # a multiple of chunk_rows: chunks stay aligned
-    background = background_writes(model.cfg.device)
-    with bar, _ChunkWriter(group, arrays, on_chunk, background) as writer:
+    if background is None:
+        background = background_writes(model.cfg.device)
+    parallel = write_parallelism(model.cfg.device, background)
+    with bar, _ChunkWriter(group, arrays, on_chunk, background, parallel) as writer:
         for start, stop, batch_np, cache in remaining:
             row = start
             while row < stop:  # a batch may end one chunk and begin the next
-                if not buffer:  # a fresh buffer per chunk: the last one belongs to the writer now
+                if not buffer:  # the last one belongs to the writer now
                     chunk_start = row
                     rows = min(chunk_rows, n_seq - row)
-                    buffer[TOKENS] = np.empty((rows, n_pos), dtype=np.int32)
-                    for hook in hooks:
-                        buffer[hook] = np.empty((rows, *shapes[hook][1:]), dtype=np_dtype)
+                    buffer = writer.recycled(rows) or {
+                        TOKENS: np.empty((rows, n_pos), dtype=np.int32),
+                        **{h: np.empty((rows, *shapes[h][1:]), dtype=np_dtype) for h in hooks},
+                    }
                 take = min(stop, chunk_start + len(buffer[TOKENS])) - row
                 lo, src = row - chunk_start, row - start
                 buffer[TOKENS][lo : lo + take] = batch_np[src : src + take]
@@ -694,9 +710,10 @@ def write_array_store(
     if out.exists():
         shutil.rmtree(out)
     group = _create(out, meta, {TOKENS: (n_seq, n_pos), **shapes}, dtype, compression)
-    group[TOKENS][:] = tokens.astype(np.int32)
+    writable = _writable(group, [TOKENS, *hooks])
+    writable[TOKENS][:] = tokens.astype(np.int32)
     for hook, values in arrays.items():
-        group[hook][:] = values.astype(dtype)
+        writable[hook][:] = values.astype(dtype)
     group.attrs["rows_written"] = n_seq
     _finish(out, [TOKENS, *hooks], group.store.take())
     log.info("wrote %s: %d rows, hooks %s", out, n_seq, hooks)
@@ -713,17 +730,41 @@ def background_writes(device: torch.device | str) -> bool:
     """
     if torch.device(device).type != "cpu":
         return True
+    return torch.get_num_threads() < _cores()
+
+
+def write_parallelism(device: torch.device | str, background: bool) -> int:
+    """Arrays of a chunk encoded and written at once: the cores the forward pass leaves free.
+
+    Inline, the forward pass waits, so every core; in the background, those torch does not use
+    (on a GPU, all but the one driving it). More would take a core from the forward pass for
+    the writer's sake: the writer hides behind it only while it keeps to its own cores.
+    """
+    cores = _cores()
+    if not background:
+        return cores
+    busy = torch.get_num_threads() if torch.device(device).type == "cpu" else 1
+    return max(1, cores - busy)
+
+
+def _cores() -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return torch.get_num_threads() < (cores or 1)
+    return cores or 1
 
 
 class _ChunkWriter:
-    """Writes whole chunks, then advances ``rows_written``; optionally on a background thread.
+    """Writes whole chunks in order, each then counted in ``rows_written``; optionally on a
+    background thread.
 
-    zarr 3 costs ~2 ms per chunk write in thread hops alone, as much as a whole forward pass of
-    a small model on a GPU. In the background, the queue holds one chunk, so at most three are
-    in memory (one being filled, one queued, one being written); after an error the thread
-    drains the queue without writing, and the error is re-raised in the caller's thread.
+    A chunk of every array is one trip to zarr's event loop (zarr 3 costs ~2 ms per trip in
+    thread hops alone, as much as a whole forward pass of a small model on a GPU), in which up
+    to ``parallel`` arrays (:func:`write_parallelism`) are encoded and written side by side on
+    zarr's threads: zstd/blosc and ``write`` release the GIL. Written buffers come back
+    through :meth:`recycled`, since fresh memory costs a page fault per 4 KiB. In the
+    background, the queue holds one chunk, so at most three are in memory (one being filled,
+    one queued, one being written); after an error the thread drains the queue without
+    writing, and the error is re-raised in the caller's thread. The bytes are the same
+    either way: each chunk is encoded on its own, from a buffer filled before it is handed over.
     """
 
     def __init__(
@@ -732,9 +773,12 @@ class _ChunkWriter:
         arrays: Mapping[str, zarr.Array],
         on_chunk: Callable[[int, int], None] | None,
         background: bool,
+        parallel: int = 1,
     ):
         self._group, self._arrays, self._on_chunk = group, arrays, on_chunk
+        self._parallel = parallel
         self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
         self._error: BaseException | None = None
         self._thread = None
         if background:
@@ -753,24 +797,36 @@ class _ChunkWriter:
             self._raise()
 
     def put(self, start: int, stop: int, chunk: dict[str, np.ndarray]) -> None:
+        """Hand over a filled chunk; the caller must not touch its arrays again."""
         self._raise()
         if self._thread is None:
             self._write(start, stop, chunk)
         else:
             self._queue.put((start, stop, chunk))  # blocks while the writer is behind
 
+    def recycled(self, rows: int) -> dict[str, np.ndarray] | None:
+        """A written chunk's buffers, when one of ``rows`` rows is free (every row is then
+        overwritten before it is handed back)."""
+        while True:
+            try:
+                chunk = self._free.get_nowait()
+            except queue.Empty:
+                return None
+            if len(chunk[TOKENS]) == rows:
+                return chunk
+
     def _raise(self) -> None:
         if self._error is not None:
             raise self._error
 
     def _write(self, start: int, stop: int, chunk: dict[str, np.ndarray]) -> None:
-        for name, values in chunk.items():
-            self._arrays[name][start:stop] = values
+        sync(_set_rows(self._arrays, start, stop, chunk, self._parallel))
         store = self._group.store  # a _RecordingStore: log what it wrote before counting it
-        _append_log(store.root, store.take())
+        _append_log(store.root, dict(sorted(store.take().items())))  # written side by side
         self._group.attrs["rows_written"] = stop
         if self._on_chunk is not None:
             self._on_chunk(start, stop)
+        self._free.put(chunk)
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
@@ -779,3 +835,26 @@ class _ChunkWriter:
                     self._write(*item)
                 except BaseException as err:
                     self._error = err
+
+
+async def _set_rows(
+    arrays: Mapping[str, zarr.Array],
+    start: int,
+    stop: int,
+    values: Mapping[str, np.ndarray],
+    parallel: int,
+) -> None:
+    """``arrays[name][start:stop] = values[name]`` for every name, ``parallel`` at a time; every
+    write has finished (or failed) before the first error is raised."""
+    limit = asyncio.Semaphore(parallel)
+
+    async def write(name: str, value: np.ndarray) -> None:
+        async with limit:
+            await arrays[name].async_array.setitem(slice(start, stop), value)
+
+    results = await asyncio.gather(
+        *(write(name, value) for name, value in values.items()), return_exceptions=True
+    )
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
