@@ -44,8 +44,7 @@ from mechflow.artifacts import file_sha256
 from mechflow.data.tokens import load_tokens, save_tokens
 from mechflow.models.build import build_model
 from mechflow.models.config import Architecture
-from mechflow.runtime import go_offline, pick_device, set_threads
-from mechflow.steps.cache_activations import retain_freed_memory
+from mechflow.runtime import go_offline, pick_device, retain_freed_memory, set_threads
 from mechflow.store import write_activation_store
 from mechflow.store.writer import auto_chunk_rows, background_writes
 
@@ -384,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
         "--default-malloc",
         action="store_true",
         help="leave glibc's malloc thresholds alone (the cache_activations step fixes them: "
-        "mechflow.steps.cache_activations.retain_freed_memory)",
+        "mechflow.runtime.retain_freed_memory)",
     )
     parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

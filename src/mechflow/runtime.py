@@ -10,6 +10,7 @@ when rerun by hand.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
 import random
@@ -111,9 +112,38 @@ def add_runtime_flags(parser: argparse.ArgumentParser, device: bool = False) -> 
         parser.add_argument("--device", default="auto", choices=DEVICES)
 
 
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def retain_freed_memory(threshold: int = 256 << 20) -> bool:
+    """Keep the memory glibc frees for reuse, instead of handing it back to the kernel.
+
+    By default glibc unmaps or trims freed blocks above a threshold it adapts as it goes (at
+    most 32 MiB), so a step's big tensors (a batch's logits over a 4096-token vocabulary are
+    67 MB, its activations, their gradients) are faulted in again, 4 KiB at a time, pass after
+    pass. Measured on the text model (4 layers, d_model 128, 16 x 256 tokens, 2 threads): a
+    training step 0.49 -> 0.40 s; an SAE evaluation 13.1 -> 10.7 s, its kernel time 3.8 -> 0.7
+    s; caching, 0.4 M page faults fewer per 30 batches. With both thresholds fixed, no block
+    under ``threshold`` is unmapped or trimmed: the process keeps its peak heap. Process-wide,
+    set by :func:`start` for every step; returns whether glibc took it (False where there is
+    no ``mallopt``: musl, macOS).
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    # both: fixing either one stops glibc adapting the other (the trim threshold stays 128 KiB)
+    return bool(mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, 4 * threshold)
+    )
+
+
 def start(threads: int | None = None) -> None:
-    """What every step does before any work: logging, offline mode, the thread pool, and
-    deterministic kernels (two runs of a step write the same bytes, on 1 thread or on 2).
+    """What every step does before any work: logging, offline mode, the thread pool, freed
+    memory kept for reuse, and deterministic kernels (two runs of a step write the same bytes,
+    on 1 thread or on 2).
 
     torch is configured only when the step uses it (it passed ``threads`` or imported torch);
     the environment for MKL and cuBLAS is exported either way, before either has run.
@@ -121,6 +151,8 @@ def start(threads: int | None = None) -> None:
     setup_logging()
     go_offline()
     deterministic_env()
+    if not retain_freed_memory():
+        logging.getLogger(__name__).debug("no glibc mallopt: freed memory goes back as usual")
     if threads is not None:
         set_threads(threads)
     if "torch" in sys.modules:

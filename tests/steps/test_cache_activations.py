@@ -111,17 +111,3 @@ def test_rerun_with_another_batch_size_redoes_nothing(
     main(argv(tiny_model_dir, repeated_tokens_path, out, compression="none", batch_size=5))
     assert not (out / "marker").exists()
     assert open_store(out).provenance["compression"] == "none"
-
-
-def test_freed_memory_is_retained_where_glibc_allows(
-    tiny_model_dir, repeated_tokens_path, tmp_path, monkeypatch
-):
-    import platform
-
-    from mechflow.steps import cache_activations
-
-    assert cache_activations.retain_freed_memory() == (platform.libc_ver()[0] == "glibc")
-    calls = []
-    monkeypatch.setattr(cache_activations, "retain_freed_memory", lambda: calls.append(1) or True)
-    main(argv(tiny_model_dir, repeated_tokens_path, tmp_path / "s.zarr"))
-    assert calls == [1]  # the step sets it before its forward passes

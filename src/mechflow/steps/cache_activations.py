@@ -9,7 +9,6 @@ is a machine setting (speed and memory) and rerunning with another one redoes no
 
 from __future__ import annotations
 
-import ctypes
 import logging
 from pathlib import Path
 
@@ -24,31 +23,6 @@ log = logging.getLogger(__name__)
 # Sequences per forward pass when none is given; the workflow passes the cache_activations
 # rule's `batch_size` resource (set per machine in the profile), whose default is this value.
 DEFAULT_BATCH_SIZE = 64
-# glibc's mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-
-
-def retain_freed_memory(threshold: int = 256 << 20) -> bool:
-    """Keep the memory glibc frees for reuse, instead of handing it back to the kernel.
-
-    By default glibc unmaps or trims freed blocks above a threshold it adapts as it goes, so
-    the forward pass's activations are faulted in again, 4 KiB at a time, batch after batch:
-    measured on the text model's shape (30 batches of 8 x 256 tokens, 1 thread), 0.4 M page
-    faults and ~18% of the bare forward pass's CPU time, and caching doubled them (chunk
-    buffers, zarr's encode buffers and the page cache churn the same memory). With both
-    thresholds fixed, no block under ``threshold`` is unmapped or trimmed: the process keeps
-    its peak heap (bounded: one batch and three chunks) and takes ~no faults. Process-wide;
-    returns whether glibc took it (False where there is no ``mallopt``: musl, macOS).
-    """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    # both: fixing either one stops glibc adapting the other (the trim threshold stays 128 KiB)
-    return bool(mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, 4 * threshold)
-    )
 
 
 def run(
@@ -79,8 +53,6 @@ def run(
     if not model_dir.is_dir():
         raise FileNotFoundError(f"--model-dir: no such directory: {model_dir}")
     seed_everything(seed)
-    if not retain_freed_memory():
-        log.debug("no glibc mallopt: freed memory goes back to the kernel as usual")
     tokens = load_tokens(tokens_path)
     provenance = {
         "model": model_dir.name,
