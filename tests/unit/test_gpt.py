@@ -80,6 +80,7 @@ def test_same_seed_same_weights():
     [
         {},
         {"act_fn": "relu"},
+        {"act_fn": "gelu_pytorch_tanh"},
         {"attn_only": True, "d_mlp": None},
         {"n_heads": 3, "d_head": 4},  # n_heads * d_head != d_model
     ],
@@ -206,10 +207,17 @@ def test_going_past_the_context_is_refused():
         gpt.new_cache(batch=1, capacity=25)
 
 
-def test_gelu_new_is_transformer_lens_gelu_new():
-    from transformer_lens.utilities.activation_functions import gelu_new
+@pytest.mark.parametrize("name", ["gelu_new", "gelu_pytorch_tanh"])
+def test_gelus_are_transformer_lens_gelus(name):
+    from transformer_lens.utilities.activation_functions import SUPPORTED_ACTIVATIONS
 
     from mechflow.models.gpt import ACT_FNS
 
     x = torch.linspace(-6, 6, 1001)
-    torch.testing.assert_close(ACT_FNS["gelu_new"](x), gelu_new(x), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(
+        ACT_FNS[name](x), SUPPORTED_ACTIVATIONS[name](x), atol=1e-6, rtol=1e-6
+    )
+    # the same function: GPT-2's tanh approximation of GELU, through one kernel or five
+    torch.testing.assert_close(
+        SUPPORTED_ACTIVATIONS["gelu_pytorch_tanh"](x), SUPPORTED_ACTIVATIONS["gelu_new"](x)
+    )

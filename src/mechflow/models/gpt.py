@@ -34,9 +34,11 @@ if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
 # TransformerLens's names for the MLP activations we implement. GPT-2's ``gelu_new`` is the tanh
-# approximation of GELU, which is what ``approximate="tanh"`` computes.
+# approximation of GELU, which is what ``approximate="tanh"`` computes; ``gelu_pytorch_tanh`` is
+# TransformerLens's name for that same kernel (its ``gelu_new`` composes it from five ops).
 ACT_FNS = {
     "gelu_new": partial(F.gelu, approximate="tanh"),
+    "gelu_pytorch_tanh": partial(F.gelu, approximate="tanh"),
     "gelu": F.gelu,
     "relu": F.relu,
     "silu": F.silu,
