@@ -162,19 +162,21 @@ class Run:
         return sorted(self._checkpoints(self._model_dir(name))[1])
 
     def tokenizer(self, name: str) -> Any:
-        """The ``tokenizers.Tokenizer`` of the text the model was trained on (its dataset's
-        ``tokenizer.json``), or None for a model of synthetic token ids (tasks such as induction
-        or grokking read ids, not text). ``decode(ids, skip_special_tokens=False)`` shows text."""
+        """The ``tokenizers.Tokenizer`` of the model's text: a pretrained model's own (saved
+        beside its weights on import), else that of the text it was trained on (its dataset's
+        ``tokenizer.json``); None for a model of synthetic token ids (tasks such as induction or
+        grokking read ids, not text). ``decode(ids, skip_special_tokens=False)`` shows text."""
+        from mechflow.data.text import load_tokenizer
+        from mechflow.models.build import TOKENIZER_FILE
+
         model_dir = self._model_dir(name)
+        if (model_dir / TOKENIZER_FILE).is_file():
+            return load_tokenizer(model_dir / TOKENIZER_FILE)
         dataset = read_json(model_dir / "config.json").get("dataset") or {}
         if "path" not in dataset:
             return None
         path = self.root / tokenizer_path(Path(dataset["path"]).stem)
-        if not path.is_file():
-            return None
-        from mechflow.data.text import load_tokenizer
-
-        return load_tokenizer(path)
+        return load_tokenizer(path) if path.is_file() else None
 
     def toy_models(self) -> list[str]:
         """Names of the toy models of superposition (``results/superposition/models/``)."""

@@ -166,6 +166,41 @@ def test_the_dataset_is_tokenized_by_the_models_tokenizer(lm):
     assert provenance["spec"]["tokenizer"] == "tiny_gpt2"
 
 
+def test_a_dataset_longer_than_the_models_context_fails_before_any_job(lm, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    config = lm_config(lm["hf"])
+    config["datasets"]["tiny_text"]["seq_len"] = 65  # the tiny GPT-2's n_positions is 64
+    problems, _ = config_problems(config, SCHEMAS)
+    assert problems == [
+        "datasets.tiny_text.seq_len: 65 makes sequences of length 65, longer than "
+        "models.tiny_gpt2 (its config.json).n_ctx=64 (experiments.language_model.eval_datasets."
+        "tiny_gpt2 feeds it to that model)"
+    ]
+
+
+def test_the_model_is_imported_with_its_tokenizer(lm, tmp_path):
+    """Run.tokenizer of a pretrained model is the model's own (saved beside its weights), and
+    an import without one leaves none behind."""
+    import shutil
+
+    from mechflow.results import Run
+
+    results = tmp_path / "results" / "models"
+    shutil.copytree(lm["model"], results / "tiny_gpt2")
+    tokenizer = Run(tmp_path).tokenizer("tiny_gpt2")
+    text = "def wrap(text):\n    return text"
+    assert tokenizer.encode(text).ids == load_tokenizer(lm["tokenizer"]).encode(text).ids
+
+    bare = tmp_path / "bare_hf"
+    shutil.copytree(
+        lm["hf"], bare, ignore=shutil.ignore_patterns("tokenizer*", "vocab*", "merges*", "slow")
+    )
+    out = results / "tiny_gpt2"
+    import_pretrained.main(["--name", "tiny_gpt2", "--path", str(bare), "--out-dir", str(out)])
+    assert not (out / "tokenizer.json").exists()  # the earlier import's is gone
+    assert Run(tmp_path).tokenizer("tiny_gpt2") is None
+
+
 def test_vocab_and_merges_read_as_transformers_reads_them(lm):
     """A GPT-2 directory without tokenizer.json: the same tokens as transformers' tokenizer of
     those two files, and as the tokenizer.json they were saved from."""

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"  # a pretrained model's own tokenizer, saved beside its weights
 # config.json's record of the weights file, checked on load (absent in models saved before it).
 WEIGHTS_SHA256_KEY = "weights_sha256"
 # Config fields that describe the machine or are derived, not the model.
