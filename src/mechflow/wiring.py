@@ -580,20 +580,37 @@ def check_fits(
     """A dataset's sequences and tokens must fit the model that reads them (``where`` says who
     feeds one to the other). The line names the dataset's key: it is the one to change, unless
     the model is too small, which the line also says."""
-    arch = checked_architecture(config, model_name)
     dataset = config.get("datasets", {}).get(dataset_name)
-    if arch is None or dataset is None:
+    sizes = model_sizes(config, model_name)
+    if sizes is None or dataset is None:
         return
+    n_ctx, d_vocab, of = sizes
     length_key = "half_len" if dataset["kind"] == "repeated_random" else "seq_len"
-    if sequence_length(dataset) > arch.n_ctx:
+    if sequence_length(dataset) > n_ctx:
         problems.append(
             f"datasets.{dataset_name}.{length_key}: {dataset[length_key]} makes sequences of "
-            f"length {sequence_length(dataset)}, longer than models.{model_name}.architecture."
-            f"n_ctx={arch.n_ctx} ({where} feeds it to that model)"
+            f"length {sequence_length(dataset)}, longer than models.{model_name}{of}."
+            f"n_ctx={n_ctx} ({where} feeds it to that model)"
         )
-    if dataset["d_vocab"] > arch.d_vocab:
+    if "d_vocab" in dataset and dataset["d_vocab"] > d_vocab:
         problems.append(
             f"datasets.{dataset_name}.d_vocab: {dataset['d_vocab']} is larger than "
-            f"models.{model_name}.architecture.d_vocab={arch.d_vocab} ({where} feeds it to that "
-            "model)"
+            f"models.{model_name}{of}.d_vocab={d_vocab} ({where} feeds it to that model)"
         )
+
+
+def model_sizes(config: dict[str, Any], model: str) -> tuple[int, int, str] | None:
+    """``(n_ctx, d_vocab, where they come from)`` of a model for the cross-key checks: a trained
+    model's architecture, a pretrained one's local Hugging Face config; None when unknown."""
+    arch = checked_architecture(config, model)
+    if arch is not None:
+        return arch.n_ctx, arch.d_vocab, ".architecture"
+    spec = config.get("models", {}).get(model)
+    if spec is None or spec.get("source") != "pretrained":
+        return None
+    from mechflow.models.pretrained import local_sizes
+
+    sizes = local_sizes(spec["name"], spec.get("path"))
+    if sizes is None:  # no weights here: that problem is reported on its own
+        return None
+    return sizes["n_ctx"], sizes["d_vocab"], " (its config.json)"

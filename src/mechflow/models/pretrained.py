@@ -86,6 +86,38 @@ def weights_help(name: str, key: str | None = None, repo: str | None = None) -> 
     )
 
 
+# The Hugging Face config keys of a model's context length and vocabulary, by family.
+CONTEXT_KEYS = ("n_positions", "n_ctx", "max_position_embeddings")
+
+
+def local_sizes(name: str, path: str | None) -> dict[str, int] | None:
+    """``{"n_ctx", "d_vocab"}`` of a pretrained model from its local ``config.json`` (its
+    ``path``, else the hub cache of ``name``'s repo), for the checks before any job; None when
+    the file is not here or names neither size. Reads no weights and imports no TransformerLens
+    for a name that is its own repo (``gpt2``)."""
+    import json
+
+    if path is not None:
+        file = os.path.join(path, "config.json")
+        found = file if os.path.isfile(file) else None
+    else:
+        repo = cached_repo(name)
+        if repo is None:
+            return None
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo, "config.json")
+    if not isinstance(found, str):
+        return None
+    with open(found) as fh:
+        hf = json.load(fh)
+    n_ctx = next((hf[k] for k in CONTEXT_KEYS if isinstance(hf.get(k), int)), None)
+    d_vocab = hf.get("vocab_size")
+    if n_ctx is None or not isinstance(d_vocab, int):
+        return None
+    return {"n_ctx": n_ctx, "d_vocab": d_vocab}
+
+
 def path_problem(path: str) -> str | None:
     """Why a ``path:`` is not a ``save_pretrained`` directory, or None when it is one."""
     if not os.path.isdir(path):

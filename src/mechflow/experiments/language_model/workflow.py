@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from mechflow.config_problems import unknown_name
 from mechflow.experiments.base import Experiment
-from mechflow.wiring import RESULTS, as_json, dataset_path, tokenizer_path, validation_path
+from mechflow.wiring import (
+    RESULTS,
+    as_json,
+    check_fits,
+    dataset_path,
+    tokenizer_path,
+    validation_path,
+)
 
 FIGURES = ["loss_curve", "logit_lens", "logit_attribution"]
 TABLES = ["losses", "samples", "logit_lens"]
@@ -58,6 +65,8 @@ class Wiring(Experiment):
                     f"{key}: dataset {name!r} is tokenized with {read}, not with models."
                     f"{model}'s; allowed: a text dataset with tokenizer: {model}"
                 )
+            else:
+                check_fits(self.config, key, name, model, problems)
 
     def models(self) -> list[str]:
         return list(self.settings["models"]) if self.enabled else []
