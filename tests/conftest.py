@@ -39,6 +39,83 @@ def tiny_model(tiny_arch):
 
 
 @pytest.fixture
+def random_norm_model():
+    """``make(normalization_type, attn_only=False)``: a 2-layer HookedTransformer (d_model 32,
+    n_ctx 16, vocab 50, MLPs unless attn_only) whose every bias and norm weight is random, so no
+    term of an attribution or a lens can vanish by accident."""
+    import warnings
+
+    def make(normalization_type, attn_only=False):
+        import torch
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import transformer_lens as tl
+
+            cfg = tl.HookedTransformerConfig(
+                n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=None if attn_only else 64,
+                n_ctx=16, d_vocab=50, act_fn="gelu", attn_only=attn_only,
+                normalization_type=normalization_type, seed=0, device="cpu",
+            )  # fmt: skip
+            model = tl.HookedTransformer(cfg)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                leaf = name.rsplit(".", 1)[-1]
+                if leaf == "w":
+                    param.copy_(1 + 0.3 * torch.randn_like(param))
+                elif leaf.startswith("b"):
+                    param.copy_(0.3 * torch.randn_like(param))
+        return model.eval()
+
+    return make
+
+
+@pytest.fixture
+def patching_model():
+    """``make(normalization_type, **overrides)``: a 2-layer HookedTransformer with MLPs (d_model
+    24, 3 heads, n_ctx 7, vocab 40) for the patching engine's tests against TransformerLens."""
+    import warnings
+
+    def make(normalization_type, **overrides):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import transformer_lens as tl
+
+            cfg = dict(
+                n_layers=2, d_model=24, n_heads=3, d_head=8, d_mlp=48, n_ctx=7, d_vocab=40,
+                act_fn="gelu", normalization_type=normalization_type, seed=0, device="cpu",
+            )  # fmt: skip
+            cfg.update(overrides)
+            return tl.HookedTransformer(tl.HookedTransformerConfig(**cfg)).eval()
+
+    return make
+
+
+@pytest.fixture
+def patching_prompts():
+    """``make(seed)``: 3 clean prompts of 7 tokens (vocab 40), corrupted at position 2, and a
+    logit difference read at positions 6, 5, 6."""
+
+    def make(seed=0):
+        import torch
+
+        from mechflow.patching import LogitDifference
+
+        g = torch.Generator().manual_seed(seed)
+        clean = torch.randint(0, 40, (3, 7), generator=g)
+        corrupted = clean.clone()
+        corrupted[:, 2] = torch.randint(0, 40, (3,), generator=g)  # one token differs
+        metric = LogitDifference(
+            positions=torch.tensor([6, 5, 6]),
+            correct=torch.randint(0, 40, (3,), generator=g),
+            wrong=torch.randint(0, 40, (3,), generator=g),
+        )
+        return clean, corrupted, metric
+
+    return make
+
+
+@pytest.fixture
 def tiny_model_dir(tiny_model, tmp_path):
     from mechflow.models.build import save_model
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
@@ -24,37 +22,6 @@ from mechflow.analysis.logit_attribution import (
 NORMS = ["LN", None, "LNPre", "RMS"]
 
 
-def _model(normalization_type, attn_only=False):
-    """2 layers with MLPs; every bias and norm weight random, so no term can vanish by accident."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import transformer_lens as tl
-
-        cfg = tl.HookedTransformerConfig(
-            n_layers=2,
-            d_model=32,
-            n_heads=4,
-            d_head=8,
-            d_mlp=None if attn_only else 64,
-            n_ctx=16,
-            d_vocab=50,
-            act_fn="gelu",
-            attn_only=attn_only,
-            normalization_type=normalization_type,
-            seed=0,
-            device="cpu",
-        )
-        model = tl.HookedTransformer(cfg)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf == "w":
-                param.copy_(1 + 0.3 * torch.randn_like(param))
-            elif leaf.startswith("b"):
-                param.copy_(0.3 * torch.randn_like(param))
-    return model.eval()
-
-
 def _tokens(n=6, pos=16, seed=1):
     return torch.randint(0, 50, (n, pos), generator=torch.Generator().manual_seed(seed))
 
@@ -65,8 +32,8 @@ def _final_resid(model, cache):
 
 @pytest.mark.parametrize("norm", NORMS)
 @torch.no_grad()
-def test_components_sum_to_the_final_norm_output(norm):
-    model, tokens = _model(norm), _tokens()
+def test_components_sum_to_the_final_norm_output(norm, random_norm_model):
+    model, tokens = random_norm_model(norm), _tokens()
     _, cache = model.run_with_cache(tokens)
     labels, stack = component_outputs(model, cache)
     assert stack.shape == (len(labels), *tokens.shape, 32)
@@ -80,8 +47,8 @@ def test_components_sum_to_the_final_norm_output(norm):
 
 @pytest.mark.parametrize("norm", NORMS)
 @torch.no_grad()
-def test_attributions_sum_to_the_correct_logit_minus_its_bias(norm):
-    model, tokens = _model(norm), _tokens()
+def test_attributions_sum_to_the_correct_logit_minus_its_bias(norm, random_norm_model):
+    model, tokens = random_norm_model(norm), _tokens()
     logits, cache = model.run_with_cache(tokens)
     _, stack = component_outputs(model, cache)
     attrs = attribute(stack, next_token_directions(model, tokens))  # component batch pos-1
@@ -94,8 +61,8 @@ def test_attributions_sum_to_the_correct_logit_minus_its_bias(norm):
 
 @pytest.mark.parametrize("norm", ["LN", None])
 @torch.no_grad()
-def test_attributions_sum_to_a_logit_difference(norm):
-    model, tokens = _model(norm), _tokens()
+def test_attributions_sum_to_a_logit_difference(norm, random_norm_model):
+    model, tokens = random_norm_model(norm), _tokens()
     logits, cache = model.run_with_cache(tokens)
     a, b = _tokens(seed=2), _tokens(seed=3)
     attrs = attribute(component_outputs(model, cache)[1], logit_difference_directions(model, a, b))
@@ -104,9 +71,9 @@ def test_attributions_sum_to_a_logit_difference(norm):
 
 
 @torch.no_grad()
-def test_heads_match_transformer_lens():
+def test_heads_match_transformer_lens(random_norm_model):
     """TL's apply_ln=True centres and divides by the cached scale but leaves out ln_final.w."""
-    model, tokens = _model("LN"), _tokens()
+    model, tokens = random_norm_model("LN"), _tokens()
     _, cache = model.run_with_cache(tokens)
     labels, stack = component_outputs(model, cache)
     heads = stack[[c.kind == "head" for c in labels]]
@@ -124,8 +91,8 @@ def test_heads_match_transformer_lens():
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("attn_only", [False, True])
 @torch.no_grad()
-def test_direct_attributions_equal_the_stacked_components(norm, attn_only):
-    model, tokens = _model(norm, attn_only), _tokens()
+def test_direct_attributions_equal_the_stacked_components(norm, attn_only, random_norm_model):
+    model, tokens = random_norm_model(norm, attn_only), _tokens()
     _, cache = model.run_with_cache(tokens)
     labels, stack = component_outputs(model, cache)
     assert ("mlp" in {c.kind for c in labels}) != attn_only
@@ -136,8 +103,8 @@ def test_direct_attributions_equal_the_stacked_components(norm, attn_only):
 
 
 @torch.no_grad()
-def test_table():
-    model, tokens = _model("LN"), _tokens(n=7)
+def test_table(random_norm_model):
+    model, tokens = random_norm_model("LN"), _tokens(n=7)
     one = logit_attribution_table(model, tokens, batch_size=1, progress=False)
     many = logit_attribution_table(model, tokens.numpy(), batch_size=100, progress=False)
     assert list(one.columns) == ["component", "kind", "layer", "head", "mean", "std", "mean_abs"]
@@ -170,9 +137,9 @@ def test_table():
 
 
 @torch.no_grad()
-def test_table_with_masked_directions():
+def test_table_with_masked_directions(random_norm_model):
     """A directions_fn can attribute a logit difference at one position per sequence."""
-    model, tokens = _model(None), _tokens()
+    model, tokens = random_norm_model(None), _tokens()
     a, b = _tokens(seed=2), _tokens(seed=3)
     rows = torch.arange(6)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
@@ -19,44 +17,14 @@ from mechflow.analysis.logit_lens import (
 NORMS = ["LN", None, "LNPre", "RMS"]
 
 
-def _model(normalization_type):
-    """2 layers with MLPs; every bias and norm weight random, so no term can vanish by accident."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import transformer_lens as tl
-
-        cfg = tl.HookedTransformerConfig(
-            n_layers=2,
-            d_model=32,
-            n_heads=4,
-            d_head=8,
-            d_mlp=64,
-            n_ctx=16,
-            d_vocab=50,
-            act_fn="gelu",
-            normalization_type=normalization_type,
-            seed=0,
-            device="cpu",
-        )
-        model = tl.HookedTransformer(cfg)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf == "w":
-                param.copy_(1 + 0.3 * torch.randn_like(param))
-            elif leaf.startswith("b"):
-                param.copy_(0.3 * torch.randn_like(param))
-    return model.eval()
-
-
 def _tokens(n=6, pos=16):
     return torch.randint(0, 50, (n, pos), generator=torch.Generator().manual_seed(1))
 
 
 @pytest.mark.parametrize("norm", NORMS)
 @torch.no_grad()
-def test_lens_equals_accumulated_resid_and_the_model_at_the_end(norm):
-    model, tokens = _model(norm), _tokens()
+def test_lens_equals_accumulated_resid_and_the_model_at_the_end(norm, random_norm_model):
+    model, tokens = random_norm_model(norm), _tokens()
     logits, cache = model.run_with_cache(tokens)
     lens = layer_log_probs(model, cache)  # layer batch pos d_vocab
     reference = model.unembed(cache.accumulated_resid(apply_ln=True)).log_softmax(-1)
@@ -68,9 +36,9 @@ def test_lens_equals_accumulated_resid_and_the_model_at_the_end(norm):
 
 
 @torch.no_grad()
-def test_lens_renormalises_each_stream():
+def test_lens_renormalises_each_stream(random_norm_model):
     """Not the final layer's cached scale: an earlier stream gets its own mean and scale."""
-    model, tokens = _model("LN"), _tokens()
+    model, tokens = random_norm_model("LN"), _tokens()
     _, cache = model.run_with_cache(tokens)
     resid = cache["blocks.0.hook_resid_pre"]
     cached = cache.apply_ln_to_stack(resid[None], layer=-1)[0] * model.ln_final.w + model.ln_final.b
@@ -96,8 +64,8 @@ def _dense_metrics(model, tokens):
 
 @pytest.mark.parametrize("norm", ["LN", None])
 @torch.no_grad()
-def test_table_metrics(norm):
-    model, tokens = _model(norm), _tokens()
+def test_table_metrics(norm, random_norm_model):
+    model, tokens = random_norm_model(norm), _tokens()
     table = logit_lens_table(model, tokens.numpy(), batch_size=4, progress=False)
     assert list(table.columns) == ["layer", "hook", *METRICS]
     assert table["layer"].tolist() == [0, 1, 2]
@@ -118,15 +86,15 @@ def test_table_metrics(norm):
 
 
 @torch.no_grad()
-def test_table_does_not_depend_on_batching():
-    model, tokens = _model("LN"), _tokens(n=7)
+def test_table_does_not_depend_on_batching(random_norm_model):
+    model, tokens = random_norm_model("LN"), _tokens(n=7)
     one = logit_lens_table(model, tokens, batch_size=1, progress=False)
     many = logit_lens_table(model, tokens.numpy(), batch_size=100, progress=False)
     assert one["hook"].tolist() == many["hook"].tolist()
     np.testing.assert_allclose(one[list(METRICS)], many[list(METRICS)], atol=1e-6)
 
 
-def test_table_needs_a_next_token():
-    model = _model(None)
+def test_table_needs_a_next_token(random_norm_model):
+    model = random_norm_model(None)
     with pytest.raises(ValueError, match="at least 2 positions"):
         logit_lens_table(model, _tokens(pos=1), batch_size=2, progress=False)
