@@ -1,0 +1,245 @@
+"""Activation patching with many patches per forward pass.
+
+For each patched layer the corrupted prompts are repeated once per index into one batch (tile
+``t`` of the batch is prompt set ``t``), and a single hook puts index ``t``'s clean activation
+into tile ``t``. The forward pass starts at the patched layer, from the corrupted run's cached
+``hook_resid_pre`` (nothing before the patch depends on it), and a metric with a
+``from_resid`` method reads the last residual stream instead of every logit. The result is
+laid out as TransformerLens's ``patching.get_act_patch_*`` lays it out, and equals it (tests:
+1e-4): the computation after the patch is the same, only batched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+Metric = Callable[[Float[Tensor, "prompt pos d_vocab"]], Tensor]
+
+
+@dataclass(frozen=True)
+class PatchKind:
+    """Where a kind of activation lives and how one index of it is addressed.
+
+    ``hook`` is the hook name with ``{layer}``; ``axes`` the index axes after ``layer``, all
+    positions at once and by position; ``where`` maps an index to the activation's subscript
+    after the batch axis.
+    """
+
+    hook: str
+    axes: tuple[str, ...]
+    axes_by_pos: tuple[str, ...] | None
+
+    def index_axes(self, by_pos: bool) -> tuple[str, ...]:
+        if by_pos and self.axes_by_pos is None:
+            raise ValueError(f"{self.hook}: patched at every position only (by_pos=False)")
+        return self.axes_by_pos if by_pos else self.axes
+
+
+_POS = ("pos",)
+_KINDS = {
+    # residual stream and sublayer outputs: batch pos d_model
+    "resid_pre": PatchKind("blocks.{layer}.hook_resid_pre", _POS, None),
+    "resid_mid": PatchKind("blocks.{layer}.hook_resid_mid", _POS, None),
+    "attn_out": PatchKind("blocks.{layer}.hook_attn_out", _POS, None),
+    "mlp_out": PatchKind("blocks.{layer}.hook_mlp_out", _POS, None),
+    # per-head vectors: batch pos head d_head (z is what the head writes, before W_O)
+    "z": PatchKind("blocks.{layer}.attn.hook_z", ("head",), ("pos", "head")),
+    "q": PatchKind("blocks.{layer}.attn.hook_q", ("head",), ("pos", "head")),
+    "k": PatchKind("blocks.{layer}.attn.hook_k", ("head",), ("pos", "head")),
+    "v": PatchKind("blocks.{layer}.attn.hook_v", ("head",), ("pos", "head")),
+    # attention patterns: batch head dest_pos src_pos
+    "pattern": PatchKind("blocks.{layer}.attn.hook_pattern", ("head",), ("head", "dest_pos")),
+}
+
+
+def patch_kinds() -> list[str]:
+    """The activation kinds :func:`activation_patching` patches."""
+    return list(_KINDS)
+
+
+def _subscript(kind: str, axes: tuple[str, ...], index: tuple[int, ...]) -> tuple:
+    """The activation's subscript (after the batch axis) that holds ``index``."""
+    named = dict(zip(axes, index, strict=True))
+    if kind == "pattern":  # head dest src
+        return (named["head"], named["dest_pos"]) if "dest_pos" in named else (named["head"],)
+    if "head" in named:  # pos head d_head
+        return (named.get("pos", slice(None)), named["head"])
+    return (named["pos"],)  # pos d_model
+
+
+def _axis_sizes(model: HookedTransformer, kind: str, n_pos: int) -> dict[str, int]:
+    heads = model.cfg.n_heads
+    if kind in ("k", "v") and getattr(model.cfg, "n_key_value_heads", None):
+        heads = model.cfg.n_key_value_heads
+    return {"pos": n_pos, "dest_pos": n_pos, "head": heads}
+
+
+def _tiles(batch_size: int, n_prompts: int) -> int:
+    return max(1, batch_size // n_prompts)
+
+
+@torch.inference_mode()
+def activation_patching(
+    model: HookedTransformer,
+    clean_tokens: Int[Tensor, "prompt pos"],
+    corrupted_tokens: Int[Tensor, "prompt pos"],
+    kind: str,
+    metric: Metric,
+    *,
+    by_pos: bool = False,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 64,
+    attention_mask: Int[Tensor, "prompt pos"] | None = None,
+) -> Tensor:
+    """The metric after patching each index of ``kind`` from the clean run into the corrupted run.
+
+    Args:
+        kind: one of :func:`patch_kinds` (``z`` is a head's output).
+        metric: logits ``(prompt, pos, d_vocab)`` -> scalar, as TransformerLens's; one with a
+            ``from_resid(model, resid)`` method (e.g. :class:`LogitDifference`) is read from
+            the last residual stream instead, without the full unembedding.
+        by_pos: per-head kinds: patch each (position, head) (``pattern``: each (head,
+            destination)) instead of each head at every position.
+        layers: the layers to patch (default all): a sweep's shard.
+        batch_size: sequences per forward pass (prompts x indices patched at once).
+        attention_mask: 1 for real tokens, 0 for padding, as TransformerLens's forward takes it.
+
+    Returns:
+        ``(layer, *axes)`` in TransformerLens's layout: ``(layer, pos)`` for the residual stream
+        and sublayer outputs, ``(layer, head)`` for heads, ``(layer, pos, head)`` by position
+        (``pattern``: ``(layer, head, dest_pos)``); rows in the order of ``layers``.
+    """
+    if kind not in _KINDS:
+        raise ValueError(f"unknown patch kind {kind!r}; allowed: {patch_kinds()}")
+    if clean_tokens.shape != corrupted_tokens.shape:
+        raise ValueError(
+            f"clean and corrupted tokens differ in shape: {tuple(clean_tokens.shape)} vs "
+            f"{tuple(corrupted_tokens.shape)}"
+        )
+    spec = _KINDS[kind]
+    axes = spec.index_axes(by_pos)
+    n_layers = model.cfg.n_layers
+    layers = list(range(n_layers)) if layers is None else list(layers)
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad:
+        raise ValueError(f"layers {bad} out of range for a model of {n_layers} layers")
+    hooks = [spec.hook.format(layer=layer) for layer in layers]
+    missing = [hook for hook in hooks if hook not in model.hook_dict]
+    if missing:
+        raise ValueError(f"the model has no hook {missing[0]!r} (patch kind {kind!r})")
+
+    device = next(model.parameters()).device
+    clean_tokens, corrupted_tokens = clean_tokens.to(device), corrupted_tokens.to(device)
+    mask = None if attention_mask is None else attention_mask.to(device)
+    starts = [f"blocks.{layer}.hook_resid_pre" for layer in layers]
+    with model.hooks(fwd_hooks=_padding_hooks(model, mask, 0)):
+        _, clean_cache = model.run_with_cache(
+            clean_tokens, names_filter=lambda name: name in hooks, attention_mask=mask
+        )
+        _, corrupted_cache = model.run_with_cache(
+            corrupted_tokens, names_filter=lambda name: name in starts, attention_mask=mask
+        )
+    silent = [hook for hook in hooks if hook not in clean_cache.cache_dict]
+    if silent:  # e.g. hook_mlp_out of an attention-only model exists but never fires
+        raise ValueError(f"the model has no hook {silent[0]!r} that fires (patch kind {kind!r})")
+    n_prompts, n_pos = clean_tokens.shape
+    sizes = _axis_sizes(model, kind, n_pos)
+    grid = torch.cartesian_prod(*[torch.arange(sizes[a]) for a in axes]).reshape(-1, len(axes))
+    indices = [tuple(int(i) for i in row) for row in grid]
+    tiles = _tiles(batch_size, n_prompts)
+    out = torch.empty(len(layers), len(indices))
+    for row, (layer, hook, start) in enumerate(zip(layers, hooks, starts, strict=True)):
+        clean = clean_cache[hook]
+        for first in range(0, len(indices), tiles):
+            chunk = indices[first : first + tiles]
+            values = _patched_run(
+                model, corrupted_cache[start], layer, hook, clean, kind, axes, chunk, metric, mask
+            )
+            out[row, first : first + len(chunk)] = values
+    return out.reshape(len(layers), *[sizes[a] for a in axes])
+
+
+def _patched_run(
+    model: HookedTransformer,
+    start_resid: Float[Tensor, "prompt pos d_model"],
+    layer: int,
+    hook: str,
+    clean: Tensor,
+    kind: str,
+    axes: tuple[str, ...],
+    chunk: list[tuple[int, ...]],
+    metric: Metric,
+    mask: Tensor | None,
+) -> Tensor:
+    """One forward pass from ``layer``: tile ``t`` patched at ``chunk[t]``; the metric per tile."""
+    n_tiles, n_prompts = len(chunk), len(start_resid)
+    target, source, tile_axis = _tile_indices([_subscript(kind, axes, i) for i in chunk])
+    value = clean[source].movedim(tile_axis, 0)  # tile prompt ...
+
+    def patch(activation: Tensor, hook) -> Tensor:
+        tiled = activation.view(n_tiles, n_prompts, *activation.shape[1:])
+        tiled[target] = value
+        return activation
+
+    resid = start_resid.repeat(n_tiles, 1, 1)
+    tiled_mask = None if mask is None else mask.repeat(n_tiles, 1)
+    from_resid = getattr(metric, "from_resid", None)
+    result = model.run_with_hooks(
+        resid,
+        start_at_layer=layer,
+        stop_at_layer=model.cfg.n_layers if from_resid else None,
+        attention_mask=tiled_mask,
+        fwd_hooks=[(hook, patch), *_padding_hooks(model, tiled_mask, layer)],
+    )
+    return score_tiles(model, result, n_tiles, metric)
+
+
+def _tile_indices(subscripts: list[tuple]) -> tuple[tuple, tuple, int]:
+    """One advanced index for every tile's patch: ``tiled[target] = clean[source]`` moved so
+    its tile axis (``tile_axis``) comes first. Every subscript has the same form (ints where an
+    index is chosen, full slices elsewhere)."""
+    first = subscripts[0]
+    per_axis = [
+        torch.tensor([sub[k] for sub in subscripts]) if isinstance(first[k], int) else slice(None)
+        for k in range(len(first))
+    ]
+    source = (slice(None), *per_axis)
+    tiles = torch.arange(len(subscripts))
+    target = (tiles, slice(None), *per_axis)
+    # clean[source]: prompt, the full slices before the first chosen axis, then the tile axis
+    leading = next(k for k, a in enumerate(per_axis) if not isinstance(a, slice))
+    return target, source, 1 + leading
+
+
+def score_tiles(model, result: Tensor, n_tiles: int, metric) -> Tensor:
+    """The metric of each tile of a tiled forward pass's output (logits, or the last residual
+    stream for a metric with ``from_resid``; one with ``per_tile`` scores every tile at once)."""
+    if hasattr(metric, "per_tile"):
+        return metric.per_tile(model, result, n_tiles).float().cpu()
+    tiled = result.view(n_tiles, -1, *result.shape[1:])
+    from_resid = getattr(metric, "from_resid", None)
+    score = (lambda r: from_resid(model, r)) if from_resid else metric
+    return torch.stack([score(tiled[t]).float().reshape(()) for t in range(n_tiles)]).cpu()
+
+
+def _padding_hooks(model: HookedTransformer, mask: Tensor | None, first_layer: int) -> list:
+    """A bidirectional model ignores ``attention_mask`` in attention (TransformerLens 3.9): mask
+    its padded keys with hooks, as the trainer does (``objectives.padding_hooks``)."""
+    if mask is None or model.cfg.attention_dir == "causal":
+        return []
+    from mechflow.models.objectives import padding_hooks
+
+    return [
+        (name, fn)
+        for name, fn in padding_hooks(model, mask)
+        if int(name.split(".")[1]) >= first_layer
+    ]
