@@ -359,6 +359,8 @@ class Workflow:
                     problems.append(f"datasets.{name}.{err}")
                 if dataset.get("tokenizer") is not None:
                     self._check_text_tokenizer(name, problems)
+            elif dataset["kind"] == "ioi":
+                self._check_ioi(name, problems)
             elif dataset["kind"] == "repeated_spans":
                 lo, hi = dataset["span_len"]
                 if lo > hi:
@@ -368,6 +370,47 @@ class Workflow:
                         f"datasets.{name}.span_len: max {hi} too long for seq_len "
                         f"{dataset['seq_len']} (need 2*max+1 <= seq_len)"
                     )
+
+    def _check_ioi(self, name: str, problems: list[str]) -> None:
+        """Each name, place and object one word, each template with N1, N2 and S, the longest
+        prompt and its answer within seq_len; the vocabulary's size becomes ``d_vocab`` (as
+        the schema fills a default in), so that check_fits reads it like any dataset's."""
+        from mechflow.experiments.ioi import prompts
+
+        dataset, where = self.datasets[name], f"datasets.{name}"
+        lists = prompts._word_lists(dataset)
+        found = len(problems)
+        for kind in ("names", "places", "objects"):
+            try:
+                prompts.check_words(kind, lists[kind])
+            except ValueError as err:
+                problems.append(f"{where}.{err}")
+        if len(lists["names"]) < 5:
+            problems.append(f"{where}.names: at least 5 (two per prompt, three more for ABC)")
+        for i, template in enumerate(lists["templates"]):
+            try:
+                prompts.check_template(template)
+            except ValueError as err:
+                problems.append(f"{where}.templates[{i}]: {err}")
+        try:
+            prompts.training_templates(len(lists["templates"]), dataset["held_out_templates"])
+        except ValueError as err:
+            problems.append(f"{where}.{err}")
+        if len(problems) > found:
+            dataset.setdefault("d_vocab", 0)
+            return
+        vocabulary = prompts.vocabulary_of(dataset)
+        dataset["d_vocab"] = len(vocabulary)
+        longest = (
+            1
+            + max(map(len, map(prompts.words, lists["prefixes"])))
+            + max(map(len, map(prompts.words, lists["templates"])))
+        )
+        if longest + 1 > dataset["seq_len"]:
+            problems.append(
+                f"{where}.seq_len: {dataset['seq_len']}, but the longest prompt and its answer "
+                f"take {longest + 1} tokens (<bos>, prefix, template, answer)"
+            )
 
     def _check_models(self, problems: list[str]) -> None:
         for name, spec in self.models.items():

@@ -29,6 +29,21 @@ def test_make_dataset_writes_the_requested_shape(train_tokens, tmp_path):
     assert load_tokens(out).shape == (5, 13)
 
 
+def test_make_dataset_writes_ioi_sentences(tmp_path):
+    from mechflow.experiments.ioi.prompts import PAD, Vocabulary
+
+    out = tmp_path / "ioi.npy"
+    spec = {"n_sequences": 50, "seq_len": 32, "held_out_templates": 3, "seed": 0}
+    make_dataset.main(["--kind", "ioi", "--spec", json.dumps(spec), "--out", str(out)])
+    rows, vocab = np.load(out), Vocabulary.build()
+    assert rows.shape == (50, 32) and (rows[:, 0] == vocab.ids["<bos>"]).all()
+    text = vocab.decode(rows[0]).split()
+    assert text[-1] in vocab.words and text[-1][0].isupper()  # ends on the answer, a name
+    assert (rows == vocab.ids[PAD]).any(axis=1).all()  # right-padded
+    with pytest.raises(ValueError, match="d_vocab 7"):
+        make_dataset.run("ioi", {**spec, "d_vocab": 7}, tmp_path / "bad.npy")
+
+
 def test_make_dataset_names_bad_parameters(tmp_path):
     out = tmp_path / "x.npy"
     with pytest.raises(ValueError) as err:

@@ -448,3 +448,44 @@ def test_without_weights_a_pretrained_tokenizer_is_the_weights_line(
     dataset_only(config)
     assert config_problems(config, SCHEMAS)[0] == []
     assert config["datasets"]["gpt_text"]["d_vocab"] == 257
+
+
+def with_ioi(**spec):
+    def mutate(c):
+        c["datasets"]["ioi_train"] = {"kind": "ioi", "n_sequences": 100, "seq_len": 32, **spec}
+
+    return mutate
+
+
+def test_an_ioi_dataset_is_checked_before_any_job(test_config):
+    assert problems_of(test_config, with_ioi()) == []
+    lines = problems_of(
+        test_config,
+        with_ioi(
+            names=["Mary Ann", "John", "Bob", "Sam", "Tom"],
+            templates=["[N1] went to the [PLACE] , [S] gave a [OBJECT] to"],
+            held_out_templates=1,
+        ),
+    )
+    assert lines == [
+        "datasets.ioi_train.names: every entry must be one word (one token), got ['Mary Ann']",
+        "datasets.ioi_train.templates[0]: template '[N1] went to the [PLACE] , [S] gave a "
+        "[OBJECT] to': needs [N2] exactly once",
+        "datasets.ioi_train.held_out_templates must be in [0, 0], got 1",
+    ]
+    assert problems_of(test_config, with_ioi(seq_len=20)) == [
+        "datasets.ioi_train.seq_len: 20, but the longest prompt and its answer take 29 tokens "
+        "(<bos>, prefix, template, answer)"
+    ]
+
+
+def test_an_ioi_datasets_vocabulary_is_its_d_vocab(test_config):
+    from mechflow.experiments.ioi.prompts import Vocabulary
+    from mechflow.wiring import validate_config
+
+    config = copy.deepcopy(test_config)
+    with_ioi()(config)
+    assert validate_config(config, SCHEMAS) == []  # fills the schema's defaults in
+    workflow = Workflow(config)
+    assert workflow.problems() == []
+    assert workflow.datasets["ioi_train"]["d_vocab"] == len(Vocabulary.build())

@@ -1,7 +1,8 @@
 """Generate a token dataset (``.npy``, shape seq × pos) from one of mechflow's task generators.
 
 Kinds: ``repeated_spans`` (induction training data: random tokens with spans repeated at random
-offsets) and ``repeated_random`` (``[BOS] + r + r``, the induction-head probe).
+offsets), ``repeated_random`` (``[BOS] + r + r``, the induction-head probe) and ``ioi``
+(indirect-object sentences in their own word-level vocabulary, each prompt and its answer).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from mechflow.data import induction
 from mechflow.data.tokens import save_tokens
+from mechflow.experiments.ioi import prompts as ioi
 from mechflow.steps import json_object, keyword_mismatch, parse_and_run, step_parser
 
 log = logging.getLogger(__name__)
@@ -19,6 +21,7 @@ log = logging.getLogger(__name__)
 GENERATORS = {
     "repeated_spans": induction.repeated_spans,
     "repeated_random": induction.repeated_random,
+    "ioi": ioi.ioi_sentences,
 }
 
 

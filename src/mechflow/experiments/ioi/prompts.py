@@ -240,3 +240,53 @@ def corrupt_abc(
         out[i, prompts.positions["S1"][i]] = b
         out[i, prompts.positions["S2"][i]] = c
     return out
+
+
+def vocabulary_of(spec: dict) -> Vocabulary:
+    """The vocabulary of an ``ioi`` dataset spec (its word lists, or the built-in ones)."""
+    return Vocabulary.build(**_word_lists(spec))
+
+
+def _word_lists(spec: dict) -> dict[str, Sequence[str]]:
+    defaults = {"templates": TEMPLATES, "prefixes": PREFIXES, "names": NAMES, "places": PLACES,
+                "objects": OBJECTS}  # fmt: skip
+    return {key: spec.get(key) or value for key, value in defaults.items()}
+
+
+def training_templates(n_templates: int, held_out: int) -> list[int]:
+    """The templates a model trains on: all but the last ``held_out`` (their accuracy is
+    reported apart, as generalisation to sentences never seen)."""
+    if not 0 <= held_out < n_templates:
+        raise ValueError(f"held_out_templates must be in [0, {n_templates - 1}], got {held_out}")
+    return list(range(n_templates - held_out))
+
+
+def ioi_sentences(
+    *,
+    n_sequences: int,
+    seq_len: int,
+    held_out_templates: int,
+    seed: int,
+    templates: Sequence[str] | None = None,
+    prefixes: Sequence[str] | None = None,
+    names: Sequence[str] | None = None,
+    places: Sequence[str] | None = None,
+    objects: Sequence[str] | None = None,
+    d_vocab: int | None = None,
+) -> Int[np.ndarray, "seq pos"]:
+    """Training rows: each an IOI prompt followed by its answer, right-padded with ``<pad>``
+    (the ``ioi`` dataset kind). ``d_vocab``, when given (the workflow fills it in), must be
+    the vocabulary's size."""
+    lists = _word_lists({"templates": templates, "prefixes": prefixes, "names": names,
+                         "places": places, "objects": objects})  # fmt: skip
+    vocabulary = Vocabulary.build(**lists)
+    if d_vocab is not None and d_vocab != len(vocabulary):
+        raise ValueError(f"d_vocab {d_vocab}, but the word lists make {len(vocabulary)} tokens")
+    prompts = make_prompts(
+        n_sequences, seed=seed, vocabulary=vocabulary, seq_len=seq_len - 1,
+        template_ids=training_templates(len(lists["templates"]), held_out_templates), **lists,
+    )  # fmt: skip
+    rows = np.full((n_sequences, seq_len), vocabulary.ids[PAD], dtype=np.int32)
+    rows[:, : seq_len - 1] = prompts.tokens
+    rows[np.arange(n_sequences), prompts.positions["END"] + 1] = prompts.io
+    return rows
