@@ -11,6 +11,7 @@ laid out as TransformerLens's ``patching.get_act_patch_*`` lays it out, and equa
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -141,14 +142,10 @@ def activation_patching(
     clean_tokens, corrupted_tokens = clean_tokens.to(device), corrupted_tokens.to(device)
     mask = None if attention_mask is None else attention_mask.to(device)
     starts = [f"blocks.{layer}.hook_resid_pre" for layer in layers]
-    with model.hooks(fwd_hooks=_padding_hooks(model, mask, 0)):
-        _, clean_cache = model.run_with_cache(
-            clean_tokens, names_filter=lambda name: name in hooks, attention_mask=mask
-        )
-        _, corrupted_cache = model.run_with_cache(
-            corrupted_tokens, names_filter=lambda name: name in starts, attention_mask=mask
-        )
-    silent = [hook for hook in hooks if hook not in clean_cache.cache_dict]
+    clean_cache, corrupted_cache = both_runs(
+        model, clean_tokens, corrupted_tokens, set(hooks), set(starts), mask, max(layers) + 1
+    )
+    silent = [hook for hook in hooks if hook not in clean_cache]
     if silent:  # e.g. hook_mlp_out of an attention-only model exists but never fires
         raise ValueError(f"the model has no hook {silent[0]!r} that fires (patch kind {kind!r})")
     n_prompts, n_pos = clean_tokens.shape
@@ -157,50 +154,81 @@ def activation_patching(
     indices = [tuple(int(i) for i in row) for row in grid]
     tiles = _tiles(batch_size, n_prompts)
     out = torch.empty(len(layers), len(indices))
-    for row, (layer, hook, start) in enumerate(zip(layers, hooks, starts, strict=True)):
-        clean = clean_cache[hook]
-        for first in range(0, len(indices), tiles):
-            chunk = indices[first : first + tiles]
-            values = _patched_run(
-                model, corrupted_cache[start], layer, hook, clean, kind, axes, chunk, metric, mask
-            )
-            out[row, first : first + len(chunk)] = values
+    # One hook per patched layer for the whole sweep (adding and removing TransformerLens
+    # hooks costs ~1 ms a pass on a small model); each pass sets what it patches.
+    current: dict[str, object] = {}
+
+    def patch(activation: Tensor, hook) -> Tensor:
+        if hook.name == current["hook"]:
+            tiled = activation.view(current["tiles"], n_prompts, *activation.shape[1:])
+            tiled[current["target"]] = current["value"]
+        return activation
+
+    with model.hooks(fwd_hooks=[(hook, patch) for hook in dict.fromkeys(hooks)]):
+        for row, (layer, hook, start) in enumerate(zip(layers, hooks, starts, strict=True)):
+            clean = clean_cache[hook]
+            for first in range(0, len(indices), tiles):
+                chunk = indices[first : first + tiles]
+                target, source, tile_axis = _tile_indices(
+                    [_subscript(kind, axes, i) for i in chunk]
+                )
+                current.update(
+                    hook=hook, tiles=len(chunk), target=target,
+                    value=clean[source].movedim(tile_axis, 0),  # tile prompt ...
+                )  # fmt: skip
+                out[row, first : first + len(chunk)] = _tiled_run(
+                    model, corrupted_cache[start], layer, len(chunk), metric, mask
+                )
     return out.reshape(len(layers), *[sizes[a] for a in axes])
 
 
-def _patched_run(
+def _tiled_run(
     model: HookedTransformer,
     start_resid: Float[Tensor, "prompt pos d_model"],
     layer: int,
-    hook: str,
-    clean: Tensor,
-    kind: str,
-    axes: tuple[str, ...],
-    chunk: list[tuple[int, ...]],
+    n_tiles: int,
     metric: Metric,
     mask: Tensor | None,
 ) -> Tensor:
-    """One forward pass from ``layer``: tile ``t`` patched at ``chunk[t]``; the metric per tile."""
-    n_tiles, n_prompts = len(chunk), len(start_resid)
-    target, source, tile_axis = _tile_indices([_subscript(kind, axes, i) for i in chunk])
-    value = clean[source].movedim(tile_axis, 0)  # tile prompt ...
-
-    def patch(activation: Tensor, hook) -> Tensor:
-        tiled = activation.view(n_tiles, n_prompts, *activation.shape[1:])
-        tiled[target] = value
-        return activation
-
+    """One forward pass from ``layer`` over ``n_tiles`` copies of the prompts (the hooks in
+    place patch them); the metric per tile."""
     resid = start_resid.repeat(n_tiles, 1, 1)
     tiled_mask = None if mask is None else mask.repeat(n_tiles, 1)
     from_resid = getattr(metric, "from_resid", None)
-    result = model.run_with_hooks(
-        resid,
-        start_at_layer=layer,
-        stop_at_layer=model.cfg.n_layers if from_resid else None,
-        attention_mask=tiled_mask,
-        fwd_hooks=[(hook, patch), *_padding_hooks(model, tiled_mask, layer)],
-    )
+    padding = _padding_hooks(model, tiled_mask, layer)
+    with model.hooks(fwd_hooks=padding) if padding else contextlib.nullcontext():
+        result = model(
+            resid,
+            start_at_layer=layer,
+            stop_at_layer=model.cfg.n_layers if from_resid else None,
+            attention_mask=tiled_mask,
+        )
     return score_tiles(model, result, n_tiles, metric)
+
+
+def both_runs(
+    model: HookedTransformer,
+    clean_tokens: Tensor,
+    corrupted_tokens: Tensor,
+    clean_names: set[str],
+    corrupted_names: set[str],
+    mask: Tensor | None,
+    stop_at_layer: int | None = None,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The activations ``clean_names`` of the clean run and ``corrupted_names`` of the
+    corrupted run, from one forward pass over both (stacked), stopped after the last block
+    they need (``None``: the whole model)."""
+    n = len(clean_tokens)
+    names = clean_names | corrupted_names
+    both_mask = None if mask is None else torch.cat([mask, mask])
+    with model.hooks(fwd_hooks=_padding_hooks(model, both_mask, 0)):
+        _, cache = model.run_with_cache(
+            torch.cat([clean_tokens, corrupted_tokens]), names_filter=lambda name: name in names,
+            attention_mask=both_mask, stop_at_layer=stop_at_layer,
+        )  # fmt: skip
+    clean = {k: v[:n] for k, v in cache.cache_dict.items() if k in clean_names}
+    corrupted = {k: v[n:] for k, v in cache.cache_dict.items() if k in corrupted_names}
+    return clean, corrupted
 
 
 def _tile_indices(subscripts: list[tuple]) -> tuple[tuple, tuple, int]:
