@@ -93,35 +93,11 @@ def tl_sampled_head_by_pos(model, clean, corrupted, metric, n_indices: int, seed
     return values, (layer, pos, head), total
 
 
-def loop_path_patching(model, clean, corrupted, metric):
-    """One forward per sender head: every head frozen clean, the sender corrupted (ARENA)."""
-    import torch
-
-    cfg = model.cfg
-    _, clean_cache = model.run_with_cache(clean, names_filter=lambda n: n.endswith("hook_z"))
-    _, corrupted_cache = model.run_with_cache(
-        corrupted, names_filter=lambda n: n.endswith("hook_z")
-    )
-    out = torch.empty(cfg.n_layers, cfg.n_heads)
-    with torch.inference_mode():
-        for layer in range(cfg.n_layers):
-            for head in range(cfg.n_heads):
-
-                def freeze(z, hook, layer=layer, head=head):
-                    z[:] = clean_cache[hook.name]
-                    if hook.layer() == layer:
-                        z[:, :, head] = corrupted_cache[hook.name][:, :, head]
-                    return z
-
-                hooks = [(f"blocks.{i}.attn.hook_z", freeze) for i in range(cfg.n_layers)]
-                out[layer, head] = metric(model.run_with_hooks(clean, fwd_hooks=hooks))
-    return out
-
-
 def run_shape(shape: str, args) -> None:
     import torch
 
     from mechflow.patching import activation_patching, attribution_patching, path_patching
+    from mechflow.patching.path import path_patching_loop
 
     model, clean, corrupted, metric = build(shape, args.prompts, args.pos)
     cfg = model.cfg
@@ -140,7 +116,7 @@ def run_shape(shape: str, args) -> None:
         "ours path (all senders)": lambda: path_patching(
             model, clean, corrupted, metric, batch_size=args.batch_size
         ),
-        "loop path (one pass per sender)": lambda: loop_path_patching(
+        "loop path (one pass per sender)": lambda: path_patching_loop(
             model, clean, corrupted, metric
         ),
         "attribution head x pos": lambda: attribution_patching(

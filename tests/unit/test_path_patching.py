@@ -1,4 +1,4 @@
-"""Batched path patching equals the one-sender-at-a-time algorithm (ARENA's), run here as a slow loop."""
+"""Batched path patching equals the one-sender-at-a-time algorithm (ARENA's), run as a slow loop."""
 
 from __future__ import annotations
 
@@ -7,47 +7,7 @@ import torch
 from torch.testing import assert_close
 
 from mechflow.patching import activation_patching
-from mechflow.patching.path import Receiver, path_patching
-
-
-def slow_path_patching(model, clean, corrupted, metric, receivers):
-    """Per sender: the clean run with the sender corrupted and every other head frozen clean,
-    recording the receivers; then the clean run with the recorded receivers."""
-    cfg = model.cfg
-    _, clean_cache = model.run_with_cache(clean)
-    _, corrupted_cache = model.run_with_cache(corrupted)
-    out = torch.empty(cfg.n_layers, cfg.n_heads)
-    for layer in range(cfg.n_layers):
-        for head in range(cfg.n_heads):
-
-            def freeze(z, hook, layer=layer, head=head):
-                z[:] = clean_cache[hook.name]
-                if hook.layer() == layer:
-                    z[:, :, head] = corrupted_cache[hook.name][:, :, head]
-                return z
-
-            z_hooks = [(f"blocks.{i}.attn.hook_z", freeze) for i in range(cfg.n_layers)]
-            with torch.no_grad():
-                if receivers == "resid_final":
-                    out[layer, head] = metric(model.run_with_hooks(clean, fwd_hooks=z_hooks))
-                    continue
-                recorded = {}
-
-                def record(act, hook, recorded=recorded):
-                    recorded[hook.name] = act.clone()
-
-                names = {r.hook for r in receivers}
-                model.run_with_hooks(clean, fwd_hooks=z_hooks + [(n, record) for n in names])
-
-                def replace(act, hook, recorded=recorded):
-                    for r in receivers:
-                        if r.hook == hook.name:
-                            act[:, :, r.head] = recorded[hook.name][:, :, r.head]
-                    return act
-
-                logits = model.run_with_hooks(clean, fwd_hooks=[(n, replace) for n in names])
-                out[layer, head] = metric(logits)
-    return out
+from mechflow.patching.path import Receiver, path_patching, path_patching_loop
 
 
 @pytest.mark.parametrize("norm", ["LN", None])
@@ -59,7 +19,7 @@ def slow_path_patching(model, clean, corrupted, metric, receivers):
 def test_equals_the_one_sender_at_a_time_loop(norm, receivers, patching_model, patching_prompts):
     model = patching_model(norm, n_layers=3)
     clean, corrupted, metric = patching_prompts(5)
-    expected = slow_path_patching(model, clean, corrupted, metric, receivers)
+    expected = path_patching_loop(model, clean, corrupted, metric, receivers=receivers)
     for batch_size in (1, 7, 64):
         ours = path_patching(
             model, clean, corrupted, metric, receivers=receivers, batch_size=batch_size

@@ -178,3 +178,46 @@ def _senders_pass(model, clean, corrupted, chunk, receivers, metric, mask) -> li
 
 def _scores(model, result: Tensor, n_tiles: int, n_prompts: int, metric) -> list[float]:
     return score_tiles(model, result, n_tiles, metric).tolist()
+
+
+def path_patching_loop(model, clean_tokens, corrupted_tokens, metric, *, receivers=FINAL):
+    """:func:`path_patching` the slow, plain way: per sender head, the clean run with the
+    sender corrupted and every other head frozen clean (recording the receivers), then, for
+    head receivers, the clean run with the recorded receivers. The reference the batched
+    version is checked against (tests, ``benchmarks/patching.py``); every sender is run."""
+    cfg = model.cfg
+    z_only = {"names_filter": lambda name: name.endswith("attn.hook_z")}
+    _, clean_cache = model.run_with_cache(clean_tokens, **z_only)
+    _, corrupted_cache = model.run_with_cache(corrupted_tokens, **z_only)
+    out = torch.empty(cfg.n_layers, cfg.n_heads)
+    for layer in range(cfg.n_layers):
+        for head in range(cfg.n_heads):
+
+            def freeze(z, hook, layer=layer, head=head):
+                z[:] = clean_cache[hook.name]
+                if hook.layer() == layer:
+                    z[:, :, head] = corrupted_cache[hook.name][:, :, head]
+                return z
+
+            z_hooks = [(f"blocks.{i}.attn.hook_z", freeze) for i in range(cfg.n_layers)]
+            with torch.no_grad():
+                if isinstance(receivers, str):
+                    out[layer, head] = metric(model.run_with_hooks(clean_tokens, fwd_hooks=z_hooks))
+                    continue
+                recorded = {}
+
+                def record(act, hook, recorded=recorded):
+                    recorded[hook.name] = act.clone()
+
+                names = {r.hook for r in receivers}
+                model.run_with_hooks(clean_tokens, fwd_hooks=z_hooks + [(n, record) for n in names])
+
+                def replace(act, hook, recorded=recorded):
+                    for r in receivers:
+                        if r.hook == hook.name:
+                            act[:, :, r.head] = recorded[hook.name][:, :, r.head]
+                    return act
+
+                logits = model.run_with_hooks(clean_tokens, fwd_hooks=[(n, replace) for n in names])
+                out[layer, head] = metric(logits)
+    return out
