@@ -4,7 +4,9 @@ Side by side, in one process, on the same batches: tokens/s of a bare forward pa
 ``mechflow.store.write_activation_store`` (the writer the ``cache_activations`` step runs)
 caching ``hook_resid_post`` of every layer into a zarr v3 store, for fp32 and fp16 stores, and
 for an fp32 store whose chunk rows the batch size does not divide (batches straddle chunks; the
-writer still writes whole aligned chunks). The writer stops after the last hooked block (TL 3
+writer still writes whole aligned chunks), and two floors under any store: the same hooks'
+activations collected, and those activations written with plain ``write()`` to a file each
+(no zarr, no checksums): on a file system whose writes cost, no store beats the second. The writer stops after the last hooked block (TL 3
 ``stop_at_layer``), so the baseline is the bare forward with ``stop_at_layer=n_layers``; the
 full forward (with the unembed) is shown too. Two more fp32 variants answer how the step should
 use a CPU: the write path the writer does not pick at this thread count (inline or on its
@@ -66,6 +68,8 @@ SCENARIOS = {
 # GPT-2 small on 2 CPU threads is ~300 tokens/s, the small model ~45k tokens/s.
 BASELINE = "bare forward, stop_at_layer [baseline]"
 STRADDLING = "cache_activations fp32, batches straddle chunks"
+FLOOR = "floor fp32: plain write() of the activations, no store"
+COLLECT = "floor fp32: activations collected, not written"
 DEFAULT_BATCHES = {"gpt2": 4, "small": 100, "text": 50}
 DEFAULT_RSS_BATCHES = {"gpt2": 2, "small": 20, "text": 10}
 # Tokens per sequence: the text model reads 256-token rows (its n_ctx).
@@ -103,6 +107,25 @@ def bare_forward(model, tokens, batch_size: int, device: torch.device, stop_at_l
             batch = torch.from_numpy(np.array(tokens[start : start + batch_size])).to(device).long()
             model(batch, stop_at_layer=stop_at_layer)
     sync(device)
+
+
+def plain_writes(model, tokens, out: Path, hooks, batch_size: int, device, write: bool) -> None:
+    """The floor under any store: the same forward pass and hooks, each batch's activations
+    copied to numpy and, with ``write``, ``write()``n to a new file per hook and batch (no zarr,
+    no checksums, no manifest). Without ``write``: what collecting the activations costs."""
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.inference_mode():
+        for start in range(0, tokens.shape[0], batch_size):
+            batch = torch.from_numpy(np.array(tokens[start : start + batch_size])).to(device).long()
+            _, acts = model.run_with_cache(
+                batch, names_filter=hooks, return_cache_object=False,
+                stop_at_layer=model.cfg.n_layers,
+            )  # fmt: skip
+            for i, hook in enumerate(hooks):
+                values = acts[hook].cpu().numpy()
+                if write:
+                    with open(out / f"{start}_{i}", "wb") as fh:
+                        fh.write(values)
 
 
 def cache(
@@ -153,6 +176,8 @@ def throughput(args, name: str, workdir: Path) -> list[dict]:
         "cache_activations fp32": lambda out: cache(model, tokens, out, hooks, bs, "float32", comp),
         "cache_activations fp16": lambda out: cache(model, tokens, out, hooks, bs, "float16", comp),
         STRADDLING: lambda out: cache(model, tokens, out, hooks, bs, "float32", comp, odd_rows),
+        FLOOR: lambda out: plain_writes(model, tokens, out, hooks, bs, device, write=True),
+        COLLECT: lambda out: plain_writes(model, tokens, out, hooks, bs, device, write=False),
     }  # fmt: skip
     # The write path the writer does not pick at this thread count, and (on a CPU with threads
     # to spare) one core handed from torch to the writer thread: which should the step use?
@@ -215,7 +240,7 @@ def throughput(args, name: str, workdir: Path) -> list[dict]:
     for label, ts in wall.items():
         median = statistics.median(ts)
         mb = 0.0
-        if label.startswith("cache"):
+        if label.startswith(("cache", FLOOR)):
             itemsize = 4 if "fp32" in label else 2
             mb = n_tokens * arch.n_layers * arch.d_model * itemsize / 1e6
         rows.append({
@@ -442,6 +467,12 @@ def main(argv: list[str] | None = None) -> None:
                     f"(min-max {row['ratio_spread']}, {args.repeats} repeats; target >= 0.95)"
                 )
         ratio = {r["variant"]: r["ratio_vs_baseline"] for r in tp_rows if r["scenario"] == name}
+        if FLOOR in ratio and COLLECT in ratio:
+            print(
+                f"{name}: the floor on this file system: collecting the activations "
+                f"{ratio[COLLECT]:.3f}, plus writing them with plain write() {ratio[FLOOR]:.3f} "
+                "(no store can beat the second)"
+            )
         if STRADDLING in ratio and "cache_activations fp32" in ratio:
             print(
                 f"{name}: straddling / default chunks = "
