@@ -1,0 +1,60 @@
+"""The planted IOI circuit does what it is built to do, and the per-head measurements read it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.testing import assert_close
+
+from mechflow.experiments.ioi.measures import attention_signatures, head_logit_differences
+from mechflow.experiments.ioi.planted import planted_ioi_model
+from mechflow.experiments.ioi.prompts import Vocabulary, corrupt_abc, make_prompts
+from mechflow.patching import LogitDifference
+
+
+@pytest.fixture(scope="module")
+def planted():
+    vocab = Vocabulary.build()
+    prompts = make_prompts(60, seed=0, vocabulary=vocab, seq_len=32)
+    return planted_ioi_model(vocab, n_ctx=32, scale=10.0), prompts, vocab
+
+
+def test_it_solves_ioi_by_the_planted_logit_difference(planted):
+    model, prompts, _ = planted
+    with torch.no_grad():
+        logits = model(torch.as_tensor(prompts.tokens))
+    rows = np.arange(len(prompts))
+    at_end = logits[rows, prompts.positions["END"]]
+    assert (at_end.argmax(-1).numpy() == prompts.io).all()
+    metric = LogitDifference(
+        torch.as_tensor(prompts.positions["END"]), torch.as_tensor(prompts.io),
+        torch.as_tensor(prompts.s), reduce="none",
+    )  # fmt: skip
+    assert_close(metric(logits), torch.full((len(prompts),), 10.0), atol=1e-2, rtol=0)
+
+
+def test_the_measurements_read_the_planted_heads(planted):
+    model, prompts, _ = planted
+    dla = head_logit_differences(model, prompts)
+    # the suppressor writes the whole difference; the name mover copies IO and S alike
+    assert_close(dla, torch.tensor([[0.0, 0.0], [0.0, 10.0]]), atol=1e-2, rtol=0)
+    att = attention_signatures(model, prompts).set_index(["layer", "head", "query", "key"])
+    a = att["attention"]
+    assert a[0, 0, "S2", "S1"] > 0.99  # duplicate-token head
+    assert a[1, 0, "END", "IO"] == pytest.approx(0.5, abs=0.01)  # name mover: both unflagged
+    assert a[1, 0, "END", "S1"] == pytest.approx(0.5, abs=0.01)
+    assert a[1, 0, "END", "S2"] < 0.01
+    assert a[1, 1, "END", "S2"] > 0.99  # the S suppressor
+
+
+def test_the_abc_corruption_removes_its_answer(planted):
+    model, prompts, vocab = planted
+    abc = corrupt_abc(prompts, seed=1, vocabulary=vocab)
+    with torch.no_grad():
+        logits = model(torch.as_tensor(abc))
+    metric = LogitDifference(
+        torch.as_tensor(prompts.positions["END"]), torch.as_tensor(prompts.io),
+        torch.as_tensor(prompts.s),
+    )  # fmt: skip
+    assert abs(float(metric(logits))) < 0.1  # IO and S are absent: no preference
