@@ -142,9 +142,12 @@ def activation_patching(
     clean_tokens, corrupted_tokens = clean_tokens.to(device), corrupted_tokens.to(device)
     mask = None if attention_mask is None else attention_mask.to(device)
     starts = [f"blocks.{layer}.hook_resid_pre" for layer in layers]
+    last = f"blocks.{n_layers - 1}.hook_resid_post"
+    read = _read_positions(model, kind, axes, metric)
     clean_cache, corrupted_cache = both_runs(
-        model, clean_tokens, corrupted_tokens, set(hooks), set(starts), mask, max(layers) + 1
-    )
+        model, clean_tokens, corrupted_tokens, set(hooks),
+        {*starts, last} if read is not None else set(starts), mask, max(layers) + 1,
+    )  # fmt: skip
     silent = [hook for hook in hooks if hook not in clean_cache]
     if silent:  # e.g. hook_mlp_out of an attention-only model exists but never fires
         raise ValueError(f"the model has no hook {silent[0]!r} that fires (patch kind {kind!r})")
@@ -167,8 +170,15 @@ def activation_patching(
     with model.hooks(fwd_hooks=[(hook, patch) for hook in dict.fromkeys(hooks)]):
         for row, (layer, hook, start) in enumerate(zip(layers, hooks, starts, strict=True)):
             clean = clean_cache[hook]
-            for first in range(0, len(indices), tiles):
-                chunk = indices[first : first + tiles]
+            todo = list(range(len(indices)))
+            if read is not None and layer == n_layers - 1:
+                axis, positions = read
+                todo = [i for i in todo if indices[i][axis] in positions]
+                # the rest cannot reach a position the metric reads: the corrupted run's score
+                out[row] = float(metric.from_resid(model, corrupted_cache[last]))
+            for first in range(0, len(todo), tiles):
+                done = todo[first : first + tiles]
+                chunk = [indices[i] for i in done]
                 target, source, tile_axis = _tile_indices(
                     [_subscript(kind, axes, i) for i in chunk]
                 )
@@ -176,10 +186,33 @@ def activation_patching(
                     hook=hook, tiles=len(chunk), target=target,
                     value=clean[source].movedim(tile_axis, 0),  # tile prompt ...
                 )  # fmt: skip
-                out[row, first : first + len(chunk)] = _tiled_run(
+                out[row, done] = _tiled_run(
                     model, corrupted_cache[start], layer, len(chunk), metric, mask
                 )
     return out.reshape(len(layers), *[sizes[a] for a in axes])
+
+
+# Kinds whose patch at one position of the last layer changes only that position's output (the
+# rest of the block is per position); k/v and the residual stream before attention feed later
+# queries too.
+_OWN_POSITION_AT_LAST_LAYER = frozenset({"resid_mid", "attn_out", "mlp_out", "z", "q", "pattern"})
+
+
+def _read_positions(model, kind: str, axes: tuple[str, ...], metric) -> tuple[int, set] | None:
+    """``(index axis, positions the metric reads)`` where last-layer patches elsewhere are known
+    to leave the metric at the corrupted run's value: a causal model, a by-position kind of
+    :data:`_OWN_POSITION_AT_LAST_LAYER`, a metric that says where it reads (``positions``) and
+    reads the residual stream (``from_resid``). None: every index is run."""
+    axis = next((i for i, a in enumerate(axes) if a in ("pos", "dest_pos")), None)
+    if (
+        axis is None
+        or kind not in _OWN_POSITION_AT_LAST_LAYER
+        or model.cfg.attention_dir != "causal"
+        or not hasattr(metric, "from_resid")
+        or getattr(metric, "positions", None) is None
+    ):
+        return None
+    return axis, set(torch.as_tensor(metric.positions).tolist())
 
 
 def _tiled_run(
