@@ -58,3 +58,31 @@ def test_the_abc_corruption_removes_its_answer(planted):
         torch.as_tensor(prompts.s),
     )  # fmt: skip
     assert abs(float(metric(logits))) < 0.1  # IO and S are absent: no preference
+
+
+def test_patching_recovers_the_planted_circuit(planted):
+    """Noising each head's path to the logits moves only the suppressor; its keys are where the
+    duplicate-token head acts; denoising the suppressor alone restores the whole answer."""
+    from mechflow.patching import Receiver, activation_patching, normalised, path_patching
+
+    model, prompts, vocab = planted
+    clean = torch.as_tensor(prompts.tokens)
+    corrupted = torch.as_tensor(corrupt_abc(prompts, seed=1, vocabulary=vocab))
+    metric = LogitDifference(
+        torch.as_tensor(prompts.positions["END"]), torch.as_tensor(prompts.io),
+        torch.as_tensor(prompts.s),
+    )  # fmt: skip
+    with torch.no_grad():
+        clean_score, corrupted_score = float(metric(model(clean))), float(metric(model(corrupted)))
+
+    def scaled(x):
+        return normalised(x, clean_score, corrupted_score)
+
+    to_logits = scaled(path_patching(model, clean, corrupted, metric))
+    assert_close(to_logits, torch.tensor([[1.0, 1.0], [1.0, 0.0]]), atol=0.02, rtol=0)
+    to_keys = scaled(
+        path_patching(model, clean, corrupted, metric, receivers=[Receiver(1, 1, "k")])
+    )
+    assert to_keys[0, 0] < 0.1 and (to_keys[0, 1] - 1).abs() < 0.02
+    denoised = scaled(activation_patching(model, clean, corrupted, "z", metric))
+    assert_close(denoised, torch.tensor([[0.0, 0.0], [0.0, 1.0]]), atol=0.02, rtol=0)
