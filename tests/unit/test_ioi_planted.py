@@ -86,3 +86,37 @@ def test_patching_recovers_the_planted_circuit(planted):
     assert to_keys[0, 0] < 0.1 and (to_keys[0, 1] - 1).abs() < 0.02
     denoised = scaled(activation_patching(model, clean, corrupted, "z", metric))
     assert_close(denoised, torch.tensor([[0.0, 0.0], [0.0, 1.0]]), atol=0.02, rtol=0)
+
+
+def test_the_classes_of_a_planted_gpt2_shaped_circuit_are_recovered_exactly():
+    """Duplicate-token 0.0 -> S-inhibition 1.0 -> name mover 2.0, each needed for the answer;
+    the other heads do nothing and are in no class."""
+    from mechflow.experiments.ioi.measures import classify_heads
+    from mechflow.experiments.ioi.planted import planted_paper_ioi_model
+
+    vocab = Vocabulary.build()
+    prompts = make_prompts(40, seed=3, vocabulary=vocab, seq_len=32)
+    model = planted_paper_ioi_model(vocab, n_ctx=32)
+    abc = corrupt_abc(prompts, seed=4, vocabulary=vocab)
+    with torch.no_grad():
+        logits = model(torch.as_tensor(prompts.tokens))
+    rows = np.arange(len(prompts))
+    assert (logits[rows, prompts.positions["END"]].argmax(-1).numpy() == prompts.io).all()
+    assert classify_heads(model, prompts, abc) == {
+        "name mover": [(2, 0)],
+        "negative name mover": [],
+        "S-inhibition": [(1, 0)],
+        "duplicate-token": [(0, 0)],
+        "induction": [],
+        "other": [],
+    }
+
+
+def test_a_circuit_outside_the_papers_classes_is_reported_as_other(planted):
+    """The two-layer circuit's suppressor attends S2 and writes the answer directly: no name
+    mover (the copier moves IO and S alike), and the suppressor is 'other'."""
+    from mechflow.experiments.ioi.measures import classify_heads
+
+    model, prompts, vocab = planted
+    classes = classify_heads(model, prompts, corrupt_abc(prompts, seed=1, vocabulary=vocab))
+    assert classes["name mover"] == [] and classes["other"] == [(1, 1)]
