@@ -120,3 +120,28 @@ def test_a_circuit_outside_the_papers_classes_is_reported_as_other(planted):
     model, prompts, vocab = planted
     classes = classify_heads(model, prompts, corrupt_abc(prompts, seed=1, vocabulary=vocab))
     assert classes["name mover"] == [] and classes["other"] == [(1, 1)]
+
+
+def test_faithfulness_of_the_planted_circuit_against_random_circuits():
+    """Keeping the three planted heads keeps the whole answer; mean-ablating every head (the ABC
+    means of each template and prefix) removes it; random 3-head circuits fall in between."""
+    from mechflow.experiments.ioi.planted import planted_paper_ioi_model
+    from mechflow.patching.circuits import circuit_score, faithfulness, group_means
+
+    vocab = Vocabulary.build()
+    prompts = make_prompts(80, seed=5, vocabulary=vocab, seq_len=32, template_ids=[0, 1])
+    model = planted_paper_ioi_model(vocab, n_ctx=32)
+    abc = corrupt_abc(prompts, seed=6, vocabulary=vocab)
+    groups = prompts.template * 100 + prompts.prefix  # prompts whose positions line up
+    metric = LogitDifference(
+        torch.as_tensor(prompts.positions["END"]), torch.as_tensor(prompts.io),
+        torch.as_tensor(prompts.s),
+    )  # fmt: skip
+    result = faithfulness(model, prompts.tokens, abc, groups, [(0, 0), (1, 0), (2, 0)], metric)
+    assert result["faithfulness"] == pytest.approx(1.0, abs=1e-4)
+    assert result["random_faithfulness"] < 0.5
+    means = group_means(model, abc, groups)
+    assert abs(circuit_score(model, prompts.tokens, groups, means, [], metric)) < 0.5
+    everything = [(layer, head) for layer in range(3) for head in range(2)]
+    full = circuit_score(model, prompts.tokens, groups, means, everything, metric)
+    assert full == pytest.approx(result["model"], abs=1e-5)
