@@ -7,10 +7,13 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from mechflow.experiments.ioi.measures import attention_signatures, head_logit_differences
+from mechflow.experiments.ioi.measures import (
+    attention_signatures,
+    head_logit_differences,
+    logit_difference,
+)
 from mechflow.experiments.ioi.planted import planted_ioi_model
 from mechflow.experiments.ioi.prompts import Vocabulary, corrupt_abc, make_prompts
-from mechflow.patching import LogitDifference
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +30,7 @@ def test_it_solves_ioi_by_the_planted_logit_difference(planted):
     rows = np.arange(len(prompts))
     at_end = logits[rows, prompts.positions["END"]]
     assert (at_end.argmax(-1).numpy() == prompts.io).all()
-    metric = LogitDifference(
-        torch.as_tensor(prompts.positions["END"]), torch.as_tensor(prompts.io),
-        torch.as_tensor(prompts.s), reduce="none",
-    )  # fmt: skip
+    metric = logit_difference(prompts, reduce="none")
     assert_close(metric(logits), torch.full((len(prompts),), 10.0), atol=1e-2, rtol=0)
 
 
@@ -53,10 +53,7 @@ def test_the_abc_corruption_removes_its_answer(planted):
     abc = corrupt_abc(prompts, seed=1, vocabulary=vocab)
     with torch.no_grad():
         logits = model(torch.as_tensor(abc))
-    metric = LogitDifference(
-        torch.as_tensor(prompts.positions["END"]), torch.as_tensor(prompts.io),
-        torch.as_tensor(prompts.s),
-    )  # fmt: skip
+    metric = logit_difference(prompts)
     assert abs(float(metric(logits))) < 0.1  # IO and S are absent: no preference
 
 
@@ -68,10 +65,7 @@ def test_patching_recovers_the_planted_circuit(planted):
     model, prompts, vocab = planted
     clean = torch.as_tensor(prompts.tokens)
     corrupted = torch.as_tensor(corrupt_abc(prompts, seed=1, vocabulary=vocab))
-    metric = LogitDifference(
-        torch.as_tensor(prompts.positions["END"]), torch.as_tensor(prompts.io),
-        torch.as_tensor(prompts.s),
-    )  # fmt: skip
+    metric = logit_difference(prompts)
     with torch.no_grad():
         clean_score, corrupted_score = float(metric(model(clean))), float(metric(model(corrupted)))
 
@@ -133,10 +127,7 @@ def test_faithfulness_of_the_planted_circuit_against_random_circuits():
     model = planted_paper_ioi_model(vocab, n_ctx=32)
     abc = corrupt_abc(prompts, seed=6, vocabulary=vocab)
     groups = prompts.template * 100 + prompts.prefix  # prompts whose positions line up
-    metric = LogitDifference(
-        torch.as_tensor(prompts.positions["END"]), torch.as_tensor(prompts.io),
-        torch.as_tensor(prompts.s),
-    )  # fmt: skip
+    metric = logit_difference(prompts)
     result = faithfulness(model, prompts.tokens, abc, groups, [(0, 0), (1, 0), (2, 0)], metric)
     assert result["faithfulness"] == pytest.approx(1.0, abs=1e-4)
     assert result["random_faithfulness"] < 0.5

@@ -21,6 +21,16 @@ SIGNATURES = (("END", "IO"), ("END", "S1"), ("END", "S2"), ("S2", "S1"), ("S2", 
               ("S1+1", "S1"))  # fmt: skip
 
 
+def logit_difference(prompts: Prompts, reduce: str = "mean"):
+    """The IOI metric: logit(IO) - logit(S) at END (mean over prompts, or per prompt)."""
+    from mechflow.patching import LogitDifference
+
+    return LogitDifference(
+        torch.as_tensor(prompts.positions["END"]), torch.as_tensor(prompts.io),
+        torch.as_tensor(prompts.s), reduce=reduce,
+    )  # fmt: skip
+
+
 @torch.inference_mode()
 def head_logit_differences(model, prompts: Prompts) -> torch.Tensor:
     """``(layer, head)``: each head's direct attribution to ``logit(IO) - logit(S)`` at END,
@@ -85,14 +95,11 @@ def classify_heads(
     """
     import torch
 
-    from mechflow.patching import LogitDifference, Receiver, normalised, path_patching
+    from mechflow.patching import Receiver, normalised, path_patching
 
     clean = torch.as_tensor(prompts.tokens)
     corrupted = torch.as_tensor(corrupted_tokens)
-    metric = LogitDifference(
-        torch.as_tensor(prompts.positions["END"]), torch.as_tensor(prompts.io),
-        torch.as_tensor(prompts.s),
-    )  # fmt: skip
+    metric = logit_difference(prompts)
     with torch.inference_mode():
         clean_score, corrupted_score = float(metric(model(clean))), float(metric(model(corrupted)))
 
