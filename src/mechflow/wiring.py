@@ -378,7 +378,7 @@ class Workflow:
         from mechflow.experiments.ioi import prompts
 
         dataset, where = self.datasets[name], f"datasets.{name}"
-        lists = prompts._word_lists(dataset)
+        lists = prompts.word_lists(dataset)
         found = len(problems)
         for kind in ("names", "places", "objects"):
             try:

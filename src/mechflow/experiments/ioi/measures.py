@@ -126,29 +126,30 @@ def classify_heads(
     def to_io(h) -> bool:
         return attends(*h, "END", "IO") > max(attends(*h, "END", "S1"), attends(*h, "END", "S2"))
 
+    positive, negative = strong(dla), strong(-dla)
     classes: dict[str, list[tuple[int, int]]] = {
-        "name mover": [h for h in heads if strong(dla)[h] and to_io(h)],
-        "negative name mover": [h for h in heads if strong(-dla)[h] and to_io(h)],
+        "name mover": [h for h in heads if positive[h] and to_io(h)],
+        "negative name mover": [h for h in heads if negative[h] and to_io(h)],
     }
     movers = classes["name mover"] + classes["negative name mover"]
     classes["S-inhibition"] = []
     if movers:
-        through = moved([Receiver(layer, head, "q") for layer, head in movers])
+        through = strong(moved([Receiver(layer, head, "q") for layer, head in movers]))
         classes["S-inhibition"] = [
-            h for h in heads if h not in movers and strong(through)[h]
+            h for h in heads if h not in movers and through[h]
             and attends(*h, "END", "S2") > attends(*h, "END", "IO")
         ]  # fmt: skip
     inhibitors = classes["S-inhibition"]
     classes["duplicate-token"], classes["induction"] = [], []
     if inhibitors:
         receivers = [Receiver(layer, head, x) for layer, head in inhibitors for x in "kv"]
-        through = moved(receivers)
+        through = strong(moved(receivers))
         for name, key in (("duplicate-token", "S1"), ("induction", "S1+1")):
             classes[name] = [
-                h for h in heads if strong(through)[h]
+                h for h in heads if through[h]
                 and attends(*h, "S2", key) >= attention_threshold
             ]  # fmt: skip
     found = {h for members in classes.values() for h in members}
-    direct = moved("resid_final")
-    classes["other"] = [h for h in heads if strong(direct)[h] and h not in found]
+    direct = strong(moved("resid_final"))
+    classes["other"] = [h for h in heads if direct[h] and h not in found]
     return classes

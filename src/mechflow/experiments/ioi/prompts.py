@@ -244,10 +244,11 @@ def corrupt_abc(
 
 def vocabulary_of(spec: dict) -> Vocabulary:
     """The vocabulary of an ``ioi`` dataset spec (its word lists, or the built-in ones)."""
-    return Vocabulary.build(**_word_lists(spec))
+    return Vocabulary.build(**word_lists(spec))
 
 
-def _word_lists(spec: dict) -> dict[str, Sequence[str]]:
+def word_lists(spec: dict) -> dict[str, Sequence[str]]:
+    """An ``ioi`` spec's word lists, the built-in ones where it gives none."""
     defaults = {"templates": TEMPLATES, "prefixes": PREFIXES, "names": NAMES, "places": PLACES,
                 "objects": OBJECTS}  # fmt: skip
     return {key: spec.get(key) or value for key, value in defaults.items()}
@@ -277,7 +278,7 @@ def ioi_sentences(
     """Training rows: each an IOI prompt followed by its answer, right-padded with ``<pad>``
     (the ``ioi`` dataset kind). ``d_vocab``, when given (the workflow fills it in), must be
     the vocabulary's size."""
-    lists = _word_lists({"templates": templates, "prefixes": prefixes, "names": names,
+    lists = word_lists({"templates": templates, "prefixes": prefixes, "names": names,
                          "places": places, "objects": objects})  # fmt: skip
     vocabulary = Vocabulary.build(**lists)
     if d_vocab is not None and d_vocab != len(vocabulary):
