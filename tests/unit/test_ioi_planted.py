@@ -8,6 +8,7 @@ import torch
 from torch.testing import assert_close
 
 from mechflow.experiments.ioi.measures import (
+    CLASSES,
     attention_signatures,
     head_logit_differences,
     logit_difference,
@@ -96,24 +97,33 @@ def test_the_classes_of_a_planted_gpt2_shaped_circuit_are_recovered_exactly():
         logits = model(torch.as_tensor(prompts.tokens))
     rows = np.arange(len(prompts))
     assert (logits[rows, prompts.positions["END"]].argmax(-1).numpy() == prompts.io).all()
-    assert classify_heads(model, prompts, abc) == {
+    found = classify_heads(model, prompts, abc)
+    assert {name: heads for name, heads in found.classes.items() if heads} == {
         "name mover": [(2, 0)],
-        "negative name mover": [],
         "S-inhibition": [(1, 0)],
         "duplicate-token": [(0, 0)],
-        "induction": [],
-        "other": [],
     }
+    assert list(found.classes) == list(CLASSES)  # every class listed, the empty ones too
+    table = found.heads.set_index(["layer", "head"])
+    assert table.loc[(2, 0), "class"] == "name mover" and table.loc[(0, 1), "class"] == ""
+    assert table.loc[(2, 0), "att_end_io"] > 0.99
 
 
-def test_a_circuit_outside_the_papers_classes_is_reported_as_other(planted):
-    """The two-layer circuit's suppressor attends S2 and writes the answer directly: no name
-    mover (the copier moves IO and S alike), and the suppressor is 'other'."""
+def test_a_circuit_that_copies_both_names_and_suppresses_s(planted):
+    """The two-layer circuit: the copier moves IO and S alike (a name mover whose share of the
+    difference is zero), the suppressor attends S2 and writes -S, and the duplicate-token head
+    is found through the suppressor's keys."""
     from mechflow.experiments.ioi.measures import classify_heads
 
     model, prompts, vocab = planted
-    classes = classify_heads(model, prompts, corrupt_abc(prompts, seed=1, vocabulary=vocab))
-    assert classes["name mover"] == [] and classes["other"] == [(1, 1)]
+    found = classify_heads(model, prompts, corrupt_abc(prompts, seed=1, vocabulary=vocab))
+    assert {name: heads for name, heads in found.classes.items() if heads} == {
+        "name mover": [(1, 0)],
+        "S suppression": [(1, 1)],
+        "duplicate-token": [(0, 0)],
+    }
+    table = found.heads.set_index(["layer", "head"])
+    assert abs(table.loc[(1, 0), "dla_diff"]) < 0.01 < table.loc[(1, 0), "dla_io"]
 
 
 def test_faithfulness_of_the_planted_circuit_against_random_circuits():

@@ -16,7 +16,7 @@ from typing import Any
 
 from mechflow.experiments.base import Experiment
 
-EXPERIMENTS = ("induction", "grokking", "superposition", "saes", "language_model")
+EXPERIMENTS = ("induction", "grokking", "superposition", "saes", "language_model", "ioi")
 
 
 def load_experiments(config: dict[str, Any], names=EXPERIMENTS) -> dict[str, Experiment]:

@@ -88,10 +88,11 @@ def weights_help(name: str, key: str | None = None, repo: str | None = None) -> 
 
 # The Hugging Face config keys of a model's context length and vocabulary, by family.
 CONTEXT_KEYS = ("n_positions", "n_ctx", "max_position_embeddings")
+LAYER_KEYS = ("n_layer", "num_hidden_layers", "n_layers")
 
 
 def local_sizes(name: str, path: str | None) -> dict[str, int] | None:
-    """``{"n_ctx", "d_vocab"}`` of a pretrained model from its local ``config.json`` (its
+    """``{"n_ctx", "d_vocab"}`` (and ``n_layers`` where it says) of a pretrained model from its local ``config.json`` (its
     ``path``, else the hub cache of ``name``'s repo), for the checks before any job; None when
     the file is not here or names neither size. Reads no weights and imports no TransformerLens
     for a name that is its own repo (``gpt2``)."""
@@ -115,7 +116,11 @@ def local_sizes(name: str, path: str | None) -> dict[str, int] | None:
     d_vocab = hf.get("vocab_size")
     if n_ctx is None or not isinstance(d_vocab, int):
         return None
-    return {"n_ctx": n_ctx, "d_vocab": d_vocab}
+    sizes = {"n_ctx": n_ctx, "d_vocab": d_vocab}
+    n_layers = next((hf[k] for k in LAYER_KEYS if isinstance(hf.get(k), int)), None)
+    if n_layers is not None:
+        sizes["n_layers"] = n_layers
+    return sizes
 
 
 def path_problem(path: str) -> str | None:

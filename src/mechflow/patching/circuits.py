@@ -38,7 +38,48 @@ def group_means(
     return out
 
 
+def ablation_hooks(
+    model, groups: Sequence[int], means: dict[int, Tensor], ablate: Iterable[Head]
+) -> list:
+    """Forward hooks that replace each head of ``ablate`` by its group's mean output (``groups``:
+    each prompt's group, numbered as for :func:`group_means`)."""
+    drop = set(map(tuple, ablate))
+    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    index = torch.as_tensor(inverse)
+
+    def replace(z, hook):
+        heads = [h for h in range(model.cfg.n_heads) if (hook.layer(), h) in drop]
+        if heads:
+            z[:, :, heads] = means[hook.layer()][index][:, : z.shape[1], heads]
+        return z
+
+    return [
+        (f"blocks.{layer}.attn.hook_z", replace)
+        for layer in range(model.cfg.n_layers)
+        if any(d[0] == layer for d in drop)
+    ]
+
+
+def all_heads(model) -> list[Head]:
+    return [
+        (layer, head) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)
+    ]
+
+
 @torch.inference_mode()
+def knockout_score(
+    model,
+    tokens: Int[Tensor, "prompt pos"],
+    groups: Sequence[int],
+    means: dict[int, Tensor],
+    ablate: Iterable[Head],
+    metric,
+) -> float:
+    """The metric with the heads of ``ablate`` mean-ablated (a class knocked out)."""
+    hooks = ablation_hooks(model, groups, means, ablate)
+    return float(metric(model.run_with_hooks(torch.as_tensor(tokens), fwd_hooks=hooks)))
+
+
 def circuit_score(
     model,
     tokens: Int[Tensor, "prompt pos"],
@@ -50,18 +91,8 @@ def circuit_score(
     """The metric with every head outside ``circuit`` replaced by its group's mean output
     (``groups``: each prompt's group, numbered as for :func:`group_means`)."""
     keep = set(map(tuple, circuit))
-    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
-    index = torch.as_tensor(inverse)
-
-    def ablate(z, hook):
-        layer = hook.layer()
-        drop = [h for h in range(model.cfg.n_heads) if (layer, h) not in keep]
-        if drop:
-            z[:, :, drop] = means[layer][index][:, : z.shape[1], drop]
-        return z
-
-    hooks = [(f"blocks.{layer}.attn.hook_z", ablate) for layer in range(model.cfg.n_layers)]
-    return float(metric(model.run_with_hooks(torch.as_tensor(tokens), fwd_hooks=hooks)))
+    outside = [h for h in all_heads(model) if h not in keep]
+    return knockout_score(model, tokens, groups, means, outside, metric)
 
 
 def faithfulness(
@@ -81,9 +112,7 @@ def faithfulness(
     means = group_means(model, corrupted_tokens, groups)
     with torch.inference_mode():
         full = float(metric(model(torch.as_tensor(tokens))))
-    heads = [
-        (layer, head) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)
-    ]
+    heads = all_heads(model)
     rng = np.random.default_rng(seed)
     random_scores = [
         circuit_score(

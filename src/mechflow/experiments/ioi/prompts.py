@@ -110,8 +110,66 @@ class Vocabulary:
     def decode(self, ids: Sequence[int]) -> str:
         return " ".join(self.words[int(i)] for i in ids if int(i) != self.ids[PAD])
 
+    def encode_sentence(self, sentence: Sequence[str]) -> tuple[list[int], list[int]]:
+        """The ids of a ``<bos>``-led word list, and where each word's token starts."""
+        return self.encode(sentence), list(range(len(sentence)))
+
+    @property
+    def pad_id(self) -> int:
+        return self.ids[PAD]
+
     def __len__(self) -> int:
         return len(self.words)
+
+
+PUNCTUATION = frozenset(",.;:!?")
+
+
+@dataclass(frozen=True)
+class TextVocabulary:
+    """A pretrained model's tokenizer read as the IOI vocabulary (GPT-2's BPE): the words join
+    into text as GPT-2 reads it ("When Mary and John went to the store, John gave ..."),
+    every name, place and object a single token with its leading space (" Mary"). ``<bos>``
+    and padding are ``<|endoftext|>``, as TransformerLens's ``prepend_bos`` puts it."""
+
+    tokenizer: object  # tokenizers.Tokenizer
+    bos_id: int
+
+    def piece(self, word: str, first: bool) -> str:
+        if word in PUNCTUATION:
+            return word
+        return word[:1].upper() + word[1:] if first else " " + word
+
+    def _ids(self, text: str) -> list[int]:
+        from mechflow.data.text import encode
+
+        return encode(self.tokenizer, text)
+
+    def encode(self, tokens: Sequence[str]) -> list[int]:
+        """Single words (names, places, objects) as the one token each is mid-sentence."""
+        out, multi = [], []
+        for word in tokens:
+            ids = self._ids(self.piece(word, first=False))
+            (out if len(ids) == 1 else multi).append(ids[0] if len(ids) == 1 else word)
+        if multi:
+            raise KeyError(f"words that are not one token of the tokenizer: {multi}")
+        return out
+
+    def encode_sentence(self, sentence: Sequence[str]) -> tuple[list[int], list[int]]:
+        ids, starts = [self.bos_id], [0]
+        for j, word in enumerate(sentence[1:]):
+            starts.append(len(ids))
+            ids += self._ids(self.piece(word, first=j == 0))
+        return ids, starts
+
+    def decode(self, ids: Sequence[int]) -> str:
+        from mechflow.data.text import decode
+
+        return decode(self.tokenizer, ids)
+
+    @property
+    def pad_id(self) -> int:
+        return self.bos_id
 
 
 def _is_slot(word: str) -> bool:
@@ -169,17 +227,19 @@ def make_prompts(
     n: int,
     *,
     seed: int,
-    vocabulary: Vocabulary,
+    vocabulary: Vocabulary | TextVocabulary,
     templates: Sequence[str] = TEMPLATES,
     prefixes: Sequence[str] = PREFIXES,
     names: Sequence[str] = NAMES,
     places: Sequence[str] = PLACES,
     objects: Sequence[str] = OBJECTS,
     template_ids: Sequence[int] | None = None,
+    prefix_ids: Sequence[int] | None = None,
     seq_len: int | None = None,
 ) -> Prompts:
     """``n`` prompts, half ABBA and half BABA (alternating), each of a uniformly drawn template
-    (among ``template_ids``, default all), prefix, two different names, place and object.
+    (among ``template_ids``, default all), prefix (among ``prefix_ids``), two different names,
+    place and object.
     ``seq_len`` pads every prompt to that length (default: the longest)."""
     for kind, values in (("names", names), ("places", places), ("objects", objects)):
         check_words(kind, values)
@@ -190,28 +250,31 @@ def make_prompts(
     rng = np.random.default_rng(seed)
     pool = np.arange(len(templates)) if template_ids is None else np.asarray(template_ids)
     template = rng.choice(pool, size=n)
-    prefix = rng.integers(len(prefixes), size=n)
+    prefix_pool = np.arange(len(prefixes)) if prefix_ids is None else np.asarray(prefix_ids)
+    prefix = rng.choice(prefix_pool, size=n)
     pair = np.stack([rng.choice(len(names), size=2, replace=False) for _ in range(n)])
     place = rng.integers(len(places), size=n)
     obj = rng.integers(len(objects), size=n)
     order = np.where(np.arange(n) % 2 == 0, "ABBA", "BABA")
     rows, named = [], {p: np.empty(n, dtype=np.int64) for p in POSITIONS}
+    vocabulary.encode(list(names))  # every name one token (a KeyError names those that are not)
     for i in range(n):
         io, s = names[pair[i, 0]], names[pair[i, 1]]
         n1, n2 = (io, s) if order[i] == "ABBA" else (s, io)
         fill = {"[N1]": n1, "[N2]": n2, "[S]": s, "[PLACE]": places[place[i]],
                 "[OBJECT]": objects[obj[i]]}  # fmt: skip
         sentence = [BOS, *words(prefixes[prefix[i]]), *words(templates[template[i]])]
-        slot_at = {w: j for j, w in enumerate(sentence) if _is_slot(w)}
+        row, starts = vocabulary.encode_sentence([fill.get(w, w) for w in sentence])
+        slot_at = {w: starts[j] for j, w in enumerate(sentence) if _is_slot(w)}
         io_slot, s1_slot = ("[N1]", "[N2]") if order[i] == "ABBA" else ("[N2]", "[N1]")
         named["IO"][i], named["S1"][i] = slot_at[io_slot], slot_at[s1_slot]
         named["S1+1"][i] = slot_at[s1_slot] + 1
-        named["S2"][i], named["END"][i] = slot_at["[S]"], len(sentence) - 1
-        rows.append(vocabulary.encode([fill.get(w, w) for w in sentence]))
+        named["S2"][i], named["END"][i] = slot_at["[S]"], len(row) - 1
+        rows.append(row)
     length = max(map(len, rows)) if seq_len is None else seq_len
     if max(map(len, rows)) > length:
         raise ValueError(f"seq_len {length}: the longest prompt has {max(map(len, rows))} tokens")
-    tokens = np.full((n, length), vocabulary.ids[PAD], dtype=np.int64)
+    tokens = np.full((n, length), vocabulary.pad_id, dtype=np.int64)
     for i, row in enumerate(rows):
         tokens[i, : len(row)] = row
     ids = np.asarray(vocabulary.encode(names))
@@ -222,7 +285,11 @@ def make_prompts(
 
 
 def corrupt_abc(
-    prompts: Prompts, *, seed: int, vocabulary: Vocabulary, names: Sequence[str] = NAMES
+    prompts: Prompts,
+    *,
+    seed: int,
+    vocabulary: Vocabulary | TextVocabulary,
+    names: Sequence[str] = NAMES,
 ) -> Int[np.ndarray, "prompt pos"]:
     """The ABC prompts: each prompt with its IO, S1 and S2 slots replaced by three names
     different from each other and from the prompt's own IO and S (same template, prefix,

@@ -1,0 +1,61 @@
+"""Hold a model's IOI results to what they must show (mechflow.experiments.ioi.checks).
+
+Writes ``checks.csv`` (model, check, value, threshold, passed, meaning); with ``--enforce`` the
+step fails after writing it when a check fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from mechflow.runtime import start
+from mechflow.steps import run_with_flags, step_parser
+
+log = logging.getLogger(__name__)
+
+
+class ChecksFailed(RuntimeError):
+    """The model did not show what it must (the table names which check)."""
+
+
+def run(accuracy: Path, classes: Path, faithfulness: Path, out: Path, *, reference: str,
+        min_accuracy: float, enforce: bool = False):  # fmt: skip
+    from mechflow.artifacts import read_table, write_table
+    from mechflow.experiments.ioi.checks import ioi_checks
+
+    acc = read_table(accuracy)
+    checks = ioi_checks(acc, read_table(classes), read_table(faithfulness),
+                        reference=reference, min_accuracy=min_accuracy)  # fmt: skip
+    checks.insert(0, "model", acc["model"].iloc[0])
+    write_table(checks, out)
+    for row in checks.itertuples():
+        log.info("%s %s: %.4g (threshold %.4g)", "PASS" if row.passed else "FAIL", row.check,
+                 row.value, row.threshold)  # fmt: skip
+    failed = checks.loc[~checks["passed"], "check"].tolist()
+    if failed and enforce:
+        raise ChecksFailed(f"IOI checks failed: {failed}; see {out}")
+    return checks
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = step_parser(__doc__)
+    parser.add_argument("--accuracy", required=True, type=Path, help="accuracy.csv")
+    parser.add_argument("--classes", required=True, type=Path, help="head_classes.csv")
+    parser.add_argument("--faithfulness", required=True, type=Path, help="faithfulness.csv")
+    parser.add_argument("--reference", required=True, choices=["trained", "gpt2", "none"])
+    parser.add_argument("--min-accuracy", required=True, type=float)
+    parser.add_argument("--enforce", action="store_true", help="fail when a check fails")
+    parser.add_argument("--out", required=True, type=Path, help="checks.csv")
+    args = parser.parse_args(argv)
+    start()
+    try:
+        run_with_flags(run, args)
+    except ChecksFailed as err:
+        log.error("%s", err)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
