@@ -100,7 +100,7 @@ def test_an_unknown_name_lists_the_known_ones(test_config):
         "experiments.induction.eval_dataset: unknown dataset 'repeated_randm' "
         "(did you mean 'repeated_random'?); "
         "known: induction_train, induction_heldout, repeated_random, stdlib_text, "
-        "stdlib_sae_train, stdlib_heldout, repeated_random_text"
+        "stdlib_sae_train, stdlib_heldout, repeated_random_text, ioi_train"
     ]
 
 
@@ -110,7 +110,7 @@ def test_an_unknown_experiment_gets_a_guess(test_config):
     )
     assert lines == [
         "experiments.induciton: unknown experiment (did you mean 'induction'?); "
-        "registered: grokking, induction, language_model, saes, superposition"
+        "registered: grokking, induction, ioi, language_model, saes, superposition"
     ]
 
 
@@ -201,7 +201,7 @@ def test_a_model_nothing_uses_is_a_warning(test_config):
         "models.spare: declared, but no enabled experiment uses it (nothing is trained for it)",
         "models.gpt2: declared, but no enabled experiment uses it (nothing is imported for it)",
     ]
-    assert Workflow(config).used_models() == ["attn_only_1l", "attn_only_2l", "gpt_2l"]
+    assert Workflow(config).used_models() == ["attn_only_1l", "attn_only_2l", "gpt_2l", "ioi_2l"]
 
 
 def test_a_validation_loss_needs_a_text_dataset(test_config):
@@ -276,7 +276,7 @@ def test_a_subset_names_the_dataset_it_draws_from(test_config):
         "'repeated_spans' has no validation split; allowed: train",
         "datasets.stdlib_heldout.dataset: unknown dataset 'stdlib_txt' (did you mean "
         "'stdlib_text'?); known: induction_train, induction_heldout, repeated_random, "
-        "stdlib_text, stdlib_sae_train, stdlib_heldout, repeated_random_text",
+        "stdlib_text, stdlib_sae_train, stdlib_heldout, repeated_random_text, ioi_train",
     ]
 
 
@@ -374,7 +374,7 @@ def test_a_pretrained_tokenizer_is_checked_before_any_job(test_config, tmp_path,
 
     assert problems_of(test_config, tokenizer_of("gtp")) == [
         "datasets.gpt_text.tokenizer: unknown model 'gtp' (did you mean 'gpt'?); known: "
-        "attn_only_1l, attn_only_2l, gpt_2l, gpt",
+        "attn_only_1l, attn_only_2l, gpt_2l, ioi_2l, gpt",
         "experiments.language_model.eval_datasets.gpt: dataset 'gpt_text' is tokenized with "
         "models.gtp's, not with models.gpt's; allowed: a text dataset with tokenizer: gpt",
     ]
@@ -489,3 +489,20 @@ def test_an_ioi_datasets_vocabulary_is_its_d_vocab(test_config):
     workflow = Workflow(config)
     assert workflow.problems() == []
     assert workflow.datasets["ioi_train"]["d_vocab"] == len(Vocabulary.build())
+
+
+def test_the_ioi_experiment_is_checked_before_any_job(test_config):
+    def mutate(c):
+        c["experiments"]["ioi"].update(
+            models=["ioi_2l", "attn_only_1l"], shards=3, pretrained_words="repeated_random"
+        )
+
+    assert problems_of(test_config, mutate) == [
+        "experiments.ioi.pretrained_words: dataset 'repeated_random' must be of kind ioi",
+        "experiments.ioi.shards: 3, but models.ioi_2l has 2 layers to shard the sweeps over; "
+        "allowed 1 to 2",
+        "experiments.ioi.models[1]: models.attn_only_1l is trained on dataset 'induction_train' "
+        "of kind 'repeated_spans'; allowed: a model trained on a dataset of kind ioi",
+        "experiments.ioi.shards: 3, but models.attn_only_1l has 1 layers to shard the sweeps "
+        "over; allowed 1 to 1",
+    ]

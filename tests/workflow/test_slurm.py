@@ -28,6 +28,7 @@ CONFIG = Path(__file__).with_name("slurm_config.yaml")
 GPU_RULES = ("train_model", "cache_activations", "ablate_heads", "track_phase_change")
 BROKEN = "mechflow.steps.ablate_heads_broken"
 TABLES = ("head_scores", "loss_by_position", "head_ablation", "copying", "phase_change")
+IOI_TABLES = ("accuracy", "patching", "head_classes", "faithfulness")
 
 pytestmark = pytest.mark.slow
 
@@ -87,6 +88,7 @@ def local_run(tmp_path_factory):
     """Only what test_outputs_match_a_local_run compares: the tables (and so datasets, model)."""
     workdir = copy_workflow(tmp_path_factory.mktemp("local"))
     tables = [f"results/induction/attn_only_1l/{t}.csv" for t in TABLES]
+    tables += [f"results/ioi/ioi_2l/{t}.csv" for t in IOI_TABLES]
     snakemake(workdir, *tables, "--cores", "2", "--configfile", str(CONFIG))  # nargs+ flag last
     return workdir
 
@@ -128,9 +130,10 @@ def test_the_rerun_after_the_fix_finishes_only_the_rest(slurm_runs):
 def test_jobs_ran_as_slurm_jobs(slurm_runs):
     workdir, failed, rerun = slurm_runs
     ids = job_ids(failed) + job_ids(rerun)
-    # first run: 3 datasets, train, cache, ablate (fails), track, one group of the quick
-    # analyses; the rerun: ablate
-    assert len(ids) == 9, ids
+    # first run: 4 datasets, 2 trainings, cache, ablate (fails), track, one group of the quick
+    # analyses, and IOI's prompts, evaluation, 2 sweep shards and classification; the rerun:
+    # ablate
+    assert len(ids) == 16, ids
     states = subprocess.run(
         ["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", "%i %T"],
         capture_output=True,
@@ -151,6 +154,9 @@ def test_jobs_ran_as_slurm_jobs(slurm_runs):
     assert groups == [
         "group_induction_attn_only_1l_measure_loss_by_position_score_copying_score_heads"
     ]
+    # each shard of the IOI sweep was a SLURM job of its own; the gather ran on the submit host
+    assert len(list((workdir / "logs/slurm/rule_patch_ioi").rglob("*.log"))) == 2
+    assert "rule_gather_ioi_patching" not in top
     # plots are localrules: no SLURM job for them
     assert not any(d.startswith("rule_plot_") for d in top), top
 
@@ -160,11 +166,13 @@ def test_outputs_match_a_local_run(slurm_runs, local_run):
     workdir = slurm_runs[0]
     datasets = sorted((local_run / "results/datasets").glob("*.npy"))
     models = sorted((local_run / "results/models").rglob("*.safetensors"))
-    assert len(datasets) == 3 and len(models) == 4, (datasets, models)  # weights + 3 checkpoints
+    # weights + 3 checkpoints of the induction model, the IOI model's weights
+    assert len(datasets) == 4 and len(models) == 5, (datasets, models)
     for path in datasets + models:
         assert path.read_bytes() == (workdir / path.relative_to(local_run)).read_bytes(), path
-    for table in TABLES:
-        path = local_run / "results/induction/attn_only_1l" / f"{table}.csv"
+    paths = [local_run / "results/induction/attn_only_1l" / f"{t}.csv" for t in TABLES]
+    paths += [local_run / "results/ioi/ioi_2l" / f"{t}.csv" for t in IOI_TABLES]
+    for path in paths:
         want = pd.read_csv(path)
         got = pd.read_csv(workdir / path.relative_to(local_run))
         pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-5, atol=1e-7)

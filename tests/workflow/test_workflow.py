@@ -202,8 +202,8 @@ def test_a_registered_experiment_runs_through_its_own_files_and_one_registry_lin
     proc = snakemake(work, "-n", "--configfile", "dummy.yaml", env=env, check=False)
     assert proc.returncode != 0
     assert (
-        "experiments.dummy: unknown experiment; registered: grokking, induction, language_model, "
-        "saes, superposition" in proc.stdout + proc.stderr
+        "experiments.dummy: unknown experiment; registered: grokking, induction, ioi, "
+        "language_model, saes, superposition" in proc.stdout + proc.stderr
     )
 
 
@@ -228,8 +228,8 @@ def test_every_figure_is_built_and_a_second_run_does_nothing(tiny_run):
         for p in (tiny_run / "results/figures").rglob("*.png")
     )
     # induction: 11 for the attention-only models, 6 for the text model; grokking, superposition,
-    # SAEs, the language model
-    assert len(figures) == 11 + 6 + 4 + 3 + 3 + 3, figures
+    # SAEs, the language model, IOI
+    assert len(figures) == 11 + 6 + 4 + 3 + 3 + 3 + 5, figures
     for png in (tiny_run / "results/figures").rglob("*.png"):
         assert png.stat().st_size > 10_000 and png.with_suffix(".svg").stat().st_size > 10_000
     proc = snakemake(tiny_run, "-n", "--configfile", "config/test.yaml")
@@ -539,6 +539,27 @@ def test_text_sae_dashboards_show_decoded_contexts(tiny_run):
     assert not contexts["context"].str.fullmatch(r"[\d\s\[\]]+").any()  # not lists of ids
     logits = pd.read_csv(folder / "logits.csv", keep_default_na=False)
     assert (logits["text"].astype(str) != logits["token"].astype(str)).any()
+
+
+@pytest.mark.slow
+def test_the_ioi_sweep_ran_in_shards_and_every_head_was_measured(tiny_run):
+    """The test config's IOI model is too short-trained to solve IOI: its checks are reported
+    (enforce_checks: false), and every table is complete."""
+    folder = tiny_run / "results/ioi/ioi_2l"
+    shards = sorted(p.name for p in (folder / "patching").glob("*.csv"))
+    assert shards == ["shard_0_of_2.csv", "shard_1_of_2.csv"]
+    patching = pd.read_csv(folder / "patching.csv")
+    assert "shard" not in patching
+    heads = patching[patching["kind"] == "z"]
+    assert sorted(zip(heads["layer"], heads["head"])) == [(lay, h) for lay in range(2) for h in range(4)]
+    classes = pd.read_csv(folder / "head_classes.csv")
+    assert len(classes) == 8 and np.isfinite(classes["dla_diff"]).all()
+    checks = pd.read_csv(folder / "checks.csv")
+    assert list(checks["check"]) == [
+        "heldout_combination_accuracy", "name_movers", "faithfulness_over_random",
+    ]  # fmt: skip
+    accuracy = pd.read_csv(folder / "accuracy.csv").set_index("split")
+    assert set(accuracy.index) == {"combinations", "templates", "aligned"}
 
 
 # --- what a job's log shows while it runs -------------------------------------------------------

@@ -34,20 +34,21 @@ def gather_shards(tables: Sequence[pd.DataFrame], sources: Sequence[str]) -> pd.
     refuses a missing, repeated or foreign shard, naming the file."""
     if not tables:
         raise ValueError("no shard tables to gather")
-    counts = set()
-    seen: dict[int, str] = {}
+    labels = []
     for table, source in zip(tables, sources, strict=True):
         if not {"shard", "n_shards"} <= set(table.columns) or table.empty:
             raise ValueError(f"{source}: not a sweep shard (no shard/n_shards rows)")
-        shard, n = int(table["shard"].iloc[0]), int(table["n_shards"].iloc[0])
         if table["shard"].nunique() != 1 or table["n_shards"].nunique() != 1:
             raise ValueError(f"{source}: rows of several shards")
+        labels.append((int(table["shard"].iloc[0]), int(table["n_shards"].iloc[0])))
+    counts = {n for _, n in labels}
+    if len(counts) != 1:
+        raise ValueError(f"shards of different sweeps: n_shards {sorted(counts)} in {sources}")
+    seen: dict[int, str] = {}
+    for (shard, _), source in zip(labels, sources, strict=True):
         if shard in seen:
             raise ValueError(f"{source}: shard {shard} again (also in {seen[shard]})")
         seen[shard] = source
-        counts.add(n)
-    if len(counts) != 1:
-        raise ValueError(f"shards of different sweeps: n_shards {sorted(counts)} in {sources}")
     (n,) = counts
     missing = sorted(set(range(n)) - set(seen))
     if missing:

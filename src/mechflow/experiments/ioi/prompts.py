@@ -14,7 +14,7 @@ IO/S information. Everything is drawn from a seeded generator.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -110,8 +110,11 @@ class Vocabulary:
     def decode(self, ids: Sequence[int]) -> str:
         return " ".join(self.words[int(i)] for i in ids if int(i) != self.ids[PAD])
 
-    def encode_sentence(self, sentence: Sequence[str]) -> tuple[list[int], list[int]]:
-        """The ids of a ``<bos>``-led word list, and where each word's token starts."""
+    def encode_sentence(
+        self, sentence: Sequence[str], slots: Collection[int] = ()
+    ) -> tuple[list[int], list[int]]:
+        """The ids of a ``<bos>``-led word list, and where each word's token starts (every word
+        one token here, wherever it stands: ``slots`` change nothing)."""
         return self.encode(sentence), list(range(len(sentence)))
 
     @property
@@ -155,11 +158,17 @@ class TextVocabulary:
             raise KeyError(f"words that are not one token of the tokenizer: {multi}")
         return out
 
-    def encode_sentence(self, sentence: Sequence[str]) -> tuple[list[int], list[int]]:
+    def encode_sentence(
+        self, sentence: Sequence[str], slots: Collection[int] = ()
+    ) -> tuple[list[int], list[int]]:
+        """``slots``: where the template's names, places and objects stand (indices into
+        ``sentence``). Each is the one token it is mid-sentence even where it starts the
+        sentence (" Mary and John were ..."): "Mary" is another token of GPT-2's, and a word's
+        sentence-initial form may be several, so its position would not hold its id."""
         ids, starts = [self.bos_id], [0]
-        for j, word in enumerate(sentence[1:]):
+        for j, word in enumerate(sentence[1:], start=1):
             starts.append(len(ids))
-            ids += self._ids(self.piece(word, first=j == 0))
+            ids += self._ids(self.piece(word, first=j == 1 and j not in slots))
         return ids, starts
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -264,7 +273,8 @@ def make_prompts(
         fill = {"[N1]": n1, "[N2]": n2, "[S]": s, "[PLACE]": places[place[i]],
                 "[OBJECT]": objects[obj[i]]}  # fmt: skip
         sentence = [BOS, *words(prefixes[prefix[i]]), *words(templates[template[i]])]
-        row, starts = vocabulary.encode_sentence([fill.get(w, w) for w in sentence])
+        slots = [j for j, w in enumerate(sentence) if _is_slot(w)]
+        row, starts = vocabulary.encode_sentence([fill.get(w, w) for w in sentence], slots)
         slot_at = {w: starts[j] for j, w in enumerate(sentence) if _is_slot(w)}
         io_slot, s1_slot = ("[N1]", "[N2]") if order[i] == "ABBA" else ("[N2]", "[N1]")
         named["IO"][i], named["S1"][i] = slot_at[io_slot], slot_at[s1_slot]
@@ -319,6 +329,21 @@ def word_lists(spec: dict) -> dict[str, Sequence[str]]:
     defaults = {"templates": TEMPLATES, "prefixes": PREFIXES, "names": NAMES, "places": PLACES,
                 "objects": OBJECTS}  # fmt: skip
     return {key: spec.get(key) or value for key, value in defaults.items()}
+
+
+def longest_prompt(vocabulary: Vocabulary | TextVocabulary, lists: dict) -> int:
+    """Tokens of the longest prompt (``<bos>`` included) any template and prefix of ``lists``
+    make, their slots filled with the first name, place and object (each one token)."""
+    fill = {"[N1]": lists["names"][0], "[N2]": lists["names"][1], "[S]": lists["names"][0],
+            "[PLACE]": lists["places"][0], "[OBJECT]": lists["objects"][0]}  # fmt: skip
+    longest = 0
+    for prefix in lists["prefixes"]:
+        for template in lists["templates"]:
+            sentence = [BOS, *words(prefix), *words(template)]
+            slots = [j for j, w in enumerate(sentence) if _is_slot(w)]
+            row, _ = vocabulary.encode_sentence([fill.get(w, w) for w in sentence], slots)
+            longest = max(longest, len(row))
+    return longest
 
 
 def training_templates(n_templates: int, held_out: int) -> list[int]:

@@ -71,7 +71,8 @@ class Wiring(Experiment):
         """A pretrained model's tokenizer (when it is here) must read every name, place and
         object as one token."""
         from mechflow.data.text import CorpusError, TokenizerUnavailable, read_pretrained_tokenizer
-        from mechflow.experiments.ioi.prompts import TextVocabulary, word_lists
+        from mechflow.experiments.ioi.prompts import TextVocabulary, longest_prompt, word_lists
+        from mechflow.models.pretrained import local_sizes
 
         spec = self.config["models"][model]
         try:
@@ -81,12 +82,23 @@ class Wiring(Experiment):
         vocabulary = TextVocabulary(tokenizer.tokenizer, tokenizer.eot_id)
         lists = word_lists(self.words_spec(model))
         source = self.settings["pretrained_words"]
+        found = len(problems)
         for kind in ("names", "places", "objects"):
             try:
                 vocabulary.encode(list(lists[kind]))
             except KeyError as err:
                 at = f"datasets.{source}.{kind}" if source else f"{key} (the built-in {kind})"
                 problems.append(f"{at}: models.{model}'s tokenizer: {err.args[0]}")
+        sizes = local_sizes(spec["name"], spec["path"])
+        if len(problems) > found or sizes is None:
+            return
+        longest = longest_prompt(vocabulary, lists)
+        if longest > sizes["n_ctx"]:
+            at = f"datasets.{source}" if source else key
+            problems.append(
+                f"{at}: the longest prompt is {longest} tokens of models.{model}'s tokenizer, "
+                f"more than its n_ctx={sizes['n_ctx']}; use shorter templates or prefixes"
+            )
 
     def n_layers(self, model: str) -> int | None:
         spec = self.config["models"][model]
