@@ -146,3 +146,31 @@ def test_faithfulness_of_the_planted_circuit_against_random_circuits():
     everything = [(layer, head) for layer in range(3) for head in range(2)]
     full = circuit_score(model, prompts.tokens, groups, means, everything, metric)
     assert full == pytest.approx(result["model"], abs=1e-5)
+
+
+def test_a_planted_backup_name_mover_is_found_by_knocking_out_the_name_mover():
+    """3.0 writes nothing while the name mover 2.0 works and takes over when 2.0 is
+    mean-ablated: it is found as a backup, and the knock-out keeps most of the answer."""
+    from mechflow.experiments.ioi.measures import alignment_groups, classify_heads
+    from mechflow.experiments.ioi.planted import planted_paper_ioi_model
+    from mechflow.patching.circuits import group_means, knockout_score
+
+    vocab = Vocabulary.build()
+    prompts = make_prompts(60, seed=3, vocabulary=vocab, seq_len=32)
+    abc = corrupt_abc(prompts, seed=4, vocabulary=vocab)
+    model = planted_paper_ioi_model(vocab, n_ctx=32, backup=True)
+    found = classify_heads(model, prompts, abc)
+    assert {name: heads for name, heads in found.classes.items() if heads} == {
+        "name mover": [(2, 0)],
+        "backup name mover": [(3, 0)],
+        "S-inhibition": [(1, 0)],
+        "duplicate-token": [(0, 0)],
+    }
+    table = found.heads.set_index(["layer", "head"])
+    assert abs(table.loc[(3, 0), "dla_io"]) < 0.1 < 5 < table.loc[(3, 0), "dla_io_movers_ablated"]
+    groups, metric = alignment_groups(prompts), logit_difference(prompts)
+    means = group_means(model, torch.as_tensor(abc), groups)
+    clean = knockout_score(model, prompts.tokens, groups, means, [], metric)
+    knocked = knockout_score(model, prompts.tokens, groups, means, [(2, 0)], metric)
+    both = knockout_score(model, prompts.tokens, groups, means, [(2, 0), (3, 0)], metric)
+    assert knocked > 0.5 * clean and both < 0.2 * clean  # the means keep a little

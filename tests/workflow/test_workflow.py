@@ -34,7 +34,8 @@ def test_dry_run_of_the_default_config_plans_every_figure(workflow_copy):
         for line in out.splitlines()
         if len(line.split()) == 2 and line.split()[1].isdigit()
     }
-    assert counts["train_model"] == 3  # two attention-only models and the text model
+    # two attention-only models, the text model and three seeds of the IOI model
+    assert counts["train_model"] == 6
     # the induction probes of three models, and the SAE train/eval caches of the text model
     assert counts["cache_activations"] == 3 + 2
     assert counts["make_text_dataset"] == 1 and counts["select_sequences"] == 2
@@ -53,6 +54,9 @@ def test_dry_run_of_the_default_config_plans_every_figure(workflow_copy):
         assert counts[rule] == 1, rule
     for figure in ("loss_curve", "logit_lens", "logit_attribution"):
         assert counts[f"plot_{figure}"] == 1
+    for rule in ("make_ioi_prompts", "evaluate_ioi", "patch_ioi", "classify_ioi_heads",
+                 "check_ioi", "plot_ioi_circuit", "plot_ioi_patching"):  # fmt: skip
+        assert counts[rule] == 3, rule  # one shard per sweep by default
 
 
 def test_bad_config_stops_before_any_job_naming_the_key(workflow_copy, tmp_path):
@@ -170,8 +174,8 @@ def test_a_registered_experiment_runs_through_its_own_files_and_one_registry_lin
     )
     registry = src / "mechflow/experiments/__init__.py"
     text = registry.read_text()
-    assert '"language_model")' in text
-    registry.write_text(text.replace('"language_model")', '"language_model", "dummy")'))
+    assert '"ioi")' in text
+    registry.write_text(text.replace('"ioi")', '"ioi", "dummy")'))
     (src / "mechflow/experiments/dummy").mkdir()
     (src / "mechflow/experiments/dummy/__init__.py").write_text("")
     (src / "mechflow/experiments/dummy/workflow.py").write_text(DUMMY_WIRING)
@@ -264,11 +268,18 @@ def test_report_gathers_the_figures(tiny_run):
             "gpt_2l: validation loss against the baselines (nats/token)",
             "gpt_2l: samples",
             "gpt_2l: logit lens per layer",
+            "ioi_2l: IOI accuracy and logit difference per split",
+            "ioi_2l: every head, its IOI class and the measurements it was found from",
+            "ioi_2l: IOI checks",
         ]
     )  # fmt: skip
 
     def cell(value) -> str:
         return f">{format_value(float(value))}</td>"
+
+    accuracy = pd.read_csv(tiny_run / "results/ioi/ioi_2l/accuracy.csv")
+    page = pages["ioi_2l: IOI accuracy and logit difference per split"]
+    assert all(cell(v) in page for v in accuracy.logit_diff)
 
     # the run's own numbers are in the tables: the best induction head, marked as found
     scores = table(tiny_run, "attn_only_2l", "head_scores")

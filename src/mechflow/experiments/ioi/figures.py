@@ -79,7 +79,10 @@ POSITION_KINDS = {
     "attn_out": "attention outputs (attn_out)",
     "mlp_out": "MLP outputs (mlp_out)",
 }
-HEAD_KINDS = {"z": "head outputs, all positions (z)", "path_logits": "head → logits paths"}
+HEAD_KINDS = {
+    "z": "head outputs, all positions (z): clean into ABC",
+    "path_logits": "head → logits path: ABC into clean",
+}
 
 # sender classes -> receiver classes, and the sender's column its edge width is read from
 EDGES = (
@@ -221,11 +224,11 @@ def patching_figure(
                     image = _heatmap(
                         ax, matrix, norm, [str(h) for h in heads], HEAD_KINDS[kind], "head"
                     )
-            subfig.colorbar(image, ax=axes, shrink=0.9, label="logit difference restored")
+            subfig.colorbar(image, ax=axes, shrink=0.9, label="normalised logit difference")
         fig.suptitle(
             title
             or titled(
-                "activation and path patching (1 = clean, 0 = corrupted)", model or table_model
+                "patching (normalised logit difference: 1 = clean, 0 = ABC)", model or table_model
             )
         )
     return fig

@@ -29,6 +29,7 @@ from mechflow.experiments.ioi.prompts import BOS, NAMES, Vocabulary
 
 MATCH, SELF, BASE = 20.0, 20.0, 10.0  # duplicate-token scores: same name, itself, <bos>
 NAME_KEY, FLAG_KEY = 10.0, 30.0  # layer-1 scores: any name, the flag
+BACKUP_BASE = 5.0  # the backup name mover's score for <bos>: above IO once IO is at END
 
 
 def planted_ioi_model(vocabulary: Vocabulary, n_ctx: int, scale: float = 10.0):
@@ -105,7 +106,9 @@ def _build(tl, vocabulary: Vocabulary, n_ctx: int, scale: float):
     return model.eval()
 
 
-def planted_paper_ioi_model(vocabulary: Vocabulary, n_ctx: int, scale: float = 10.0):
+def planted_paper_ioi_model(
+    vocabulary: Vocabulary, n_ctx: int, scale: float = 10.0, backup: bool = False
+):
     """A three-layer version shaped like GPT-2's circuit (Wang et al. 2022), each head's class
     needed for the logit difference:
 
@@ -115,12 +118,18 @@ def planted_paper_ioi_model(vocabulary: Vocabulary, n_ctx: int, scale: float = 1
     - head 2.0, **name mover**: its query reads that copy, which lowers the keys of S1 and S2,
       so it attends IO alone and copies it: logit(IO) = ``scale``, logit(S) = 0;
     - heads 0.1, 1.1, 2.1 do nothing.
+
+    With ``backup``, a fourth layer holds a **backup name mover**, head 3.0: it would attend IO
+    as 2.0 does, but a name already in the residual stream at END lowers that name's key (as
+    copy suppression does), so while 2.0 works it attends ``<bos>`` and writes nothing; with
+    2.0 knocked out (its mean output spreads over every name) it attends IO and copies it.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         import transformer_lens as tl
 
-        model = _blank(tl, vocabulary, n_ctx, n_layers=3, extra=len(vocabulary))
+        n_layers = 4 if backup else 3
+        model = _blank(tl, vocabulary, n_ctx, n_layers=n_layers, extra=len(vocabulary))
     names, pos, flag, const = _layout(vocabulary, n_ctx)
     suppress = flag + 1  # the suppress copy of token t is dimension suppress + t
     attn = [block.attn for block in model.blocks]
@@ -133,12 +142,18 @@ def planted_paper_ioi_model(vocabulary: Vocabulary, n_ctx: int, scale: float = 1
             attn[1].W_V[0][t, t] = 1.0
             attn[1].W_O[0][t, suppress + t] = 1.0
         # 2.0: names score NAME_KEY, minus 2 NAME_KEY where the suppress copy names them
-        attn[2].W_Q[0][pos, const] = 1.0
-        for t in names:
-            attn[2].W_K[0][t, const] = NAME_KEY
-            attn[2].W_Q[0][suppress + t, t] = -2 * NAME_KEY
-            attn[2].W_K[0][t, t] = 1.0
-            attn[2].W_V[0][t, t] = 1.0
-            attn[2].W_O[0][t, t] = scale
+        movers = attn[2:] if backup else attn[2:3]
+        for layer, mover in enumerate(movers):
+            mover.W_Q[0][pos, const] = 1.0
+            for t in names:
+                mover.W_K[0][t, const] = NAME_KEY
+                mover.W_Q[0][suppress + t, t] = -2 * NAME_KEY
+                mover.W_K[0][t, t] = 1.0
+                mover.W_V[0][t, t] = 1.0
+                mover.W_O[0][t, t] = scale
+                if layer == 1:  # 3.0: a name copied to END (scale) lowers its key by 2 scale
+                    mover.W_Q[0][t, t] -= 2 * NAME_KEY / scale
+            if layer == 1:
+                mover.W_K[0][vocabulary.ids[BOS], const] = BACKUP_BASE
         model.W_U[names, names] = 1.0
     return model.eval()
