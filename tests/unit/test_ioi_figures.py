@@ -188,14 +188,14 @@ def test_dla_outlines_exactly_the_classified_heads(tmp_path):
 def test_patching_draws_the_kinds_present(tmp_path):
     fig = draw("patching", written(tmp_path, TABLES["patching"]))
     panels = {ax.get_title(): ax for ax in fig.axes if ax.images}
-    assert sorted(panels) == sorted(
-        ["residual stream (resid_pre)", "attention outputs (attn_out)",
-         "head outputs, all positions (z)", "head → logits paths"]
-    )  # fmt: skip
-    resid = panels["residual stream (resid_pre)"]
+    from mechflow.experiments.ioi.figures import HEAD_KINDS, POSITION_KINDS
+
+    titles = [POSITION_KINDS["resid_pre"], POSITION_KINDS["attn_out"], *HEAD_KINDS.values()]
+    assert sorted(panels) == sorted(titles)  # no MLP panel: the table has none
+    resid = panels[POSITION_KINDS["resid_pre"]]
     assert [t.get_text() for t in resid.get_xticklabels()] == list(POSITIONS)
     assert resid.images[0].get_array().shape == (4, len(POSITIONS))
-    assert panels["head → logits paths"].images[0].get_array().shape == (4, 3)
+    assert panels[HEAD_KINDS["path_logits"]].images[0].get_array().shape == (4, 3)
     norm = resid.images[0].norm
     assert (norm.vmin, norm.vmax) == (-1.0, 1.0)
 
