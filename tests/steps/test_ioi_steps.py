@@ -102,6 +102,18 @@ def test_the_classify_step_recovers_the_planted_circuit(planted, tmp_path):
         "--min-accuracy", "0.95", "--enforce", "--out", str(tmp_path / "checks.csv"),
     ])  # fmt: skip
     assert read_table(tmp_path / "checks.csv")["passed"].all()
+    with pytest.raises(SystemExit) as exit_:  # an accuracy no model reaches: the run stops
+        check_ioi.main([
+            "--accuracy", str(tmp_path / "acc.csv"), "--classes", str(out["classes"]),
+            "--faithfulness", str(out["faithfulness"]), "--reference", "trained",
+            "--min-accuracy", "1.01", "--enforce", "--out", str(tmp_path / "failed.csv"),
+        ])  # fmt: skip
+    assert exit_.value.code == 1
+    failed = read_table(tmp_path / "failed.csv").set_index("check")["passed"]
+    assert (
+        not failed["heldout_combination_accuracy"]
+        and failed.drop("heldout_combination_accuracy").all()
+    )  # the evidence is written before the step fails
 
 
 def _shards(planted, where, n: int) -> list:

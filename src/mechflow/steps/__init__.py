@@ -58,6 +58,25 @@ def parse_and_run(
     return run_with_flags(run, args)
 
 
+class ChecksFailed(RuntimeError):
+    """A run did not show what it must (the checks table the step wrote names which check)."""
+
+
+def parse_and_check(
+    parser: argparse.ArgumentParser, run: Callable[..., Any], argv: list[str] | None
+) -> Any:
+    """:func:`parse_and_run` for a checks step: a failed check ends the step with one error line
+    and exit status 1, not a traceback (the table it wrote first keeps the evidence)."""
+    import logging
+    import sys
+
+    try:
+        return parse_and_run(parser, run, argv)
+    except ChecksFailed as err:
+        logging.getLogger(run.__module__).error("%s", err)
+        sys.exit(1)
+
+
 def json_object(text: str) -> dict[str, Any]:
     """argparse ``type=`` of a flag that carries a config section as JSON (a rule's params)."""
     try:

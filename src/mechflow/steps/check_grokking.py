@@ -8,7 +8,6 @@ that promises the paper's result stops when the run did not reproduce it.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -16,14 +15,9 @@ import pandas as pd
 from mechflow.artifacts import write_table
 from mechflow.experiments.grokking.checks import grokking_checks
 from mechflow.plots.style import check_columns, read_figure_table
-from mechflow.runtime import start
-from mechflow.steps import run_with_flags, step_parser
+from mechflow.steps import ChecksFailed, parse_and_check, step_parser
 
 log = logging.getLogger(__name__)
-
-
-class ChecksFailed(RuntimeError):
-    """The run did not reproduce a claim (the table names which)."""
 
 
 def run(progress: Path, phases: Path, keys: Path, out: Path, enforce: bool = False) -> pd.DataFrame:
@@ -57,13 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--enforce", action="store_true", help="fail when a check fails")
     parser.add_argument("--out", required=True, type=Path, help="checks.csv")
-    args = parser.parse_args(argv)
-    start()
-    try:
-        run_with_flags(run, args)
-    except ChecksFailed as err:
-        log.error("%s", err)
-        sys.exit(1)
+    parse_and_check(parser, run, argv)
 
 
 if __name__ == "__main__":

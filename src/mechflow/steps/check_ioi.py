@@ -7,17 +7,11 @@ step fails after writing it when a check fails.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
-from mechflow.runtime import start
-from mechflow.steps import run_with_flags, step_parser
+from mechflow.steps import ChecksFailed, parse_and_check, step_parser
 
 log = logging.getLogger(__name__)
-
-
-class ChecksFailed(RuntimeError):
-    """The model did not show what it must (the table names which check)."""
 
 
 def run(accuracy: Path, classes: Path, faithfulness: Path, out: Path, *, reference: str,
@@ -48,13 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--min-accuracy", required=True, type=float)
     parser.add_argument("--enforce", action="store_true", help="fail when a check fails")
     parser.add_argument("--out", required=True, type=Path, help="checks.csv")
-    args = parser.parse_args(argv)
-    start()
-    try:
-        run_with_flags(run, args)
-    except ChecksFailed as err:
-        log.error("%s", err)
-        sys.exit(1)
+    parse_and_check(parser, run, argv)
 
 
 if __name__ == "__main__":
