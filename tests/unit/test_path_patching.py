@@ -13,8 +13,13 @@ from mechflow.patching.path import Receiver, path_patching, path_patching_loop
 @pytest.mark.parametrize("norm", ["LN", None])
 @pytest.mark.parametrize(
     "receivers",
-    ["resid_final", [Receiver(2, 1, "q")], [Receiver(1, 0, "k"), Receiver(2, 2, "v")]],
-    ids=["final", "one_query", "key_and_value"],
+    [
+        "resid_final",
+        [Receiver(2, 1, "q")],
+        [Receiver(1, 0, "k"), Receiver(2, 2, "v")],
+        [Receiver(0, 1, "q"), Receiver(2, 0, "k")],  # layer-1 senders reach only the second
+    ],
+    ids=["final", "one_query", "key_and_value", "a_receiver_before_some_senders"],
 )
 def test_equals_the_one_sender_at_a_time_loop(norm, receivers, patching_model, patching_prompts):
     model = patching_model(norm, n_layers=3)

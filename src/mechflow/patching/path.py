@@ -154,6 +154,8 @@ def _senders_pass(model, clean, corrupted, chunk, receivers, metric, mask) -> li
         recorded[hook.name] = act.clone()
         return act
 
+    # a receiver before the chunk's first sender reads the clean run: the second pass computes it
+    receivers = [r for r in receivers if r.layer >= start]
     receiver_hooks = sorted({r.hook for r in receivers})
     stop = max(r.layer for r in receivers) + 1
     model.run_with_hooks(
