@@ -62,6 +62,23 @@ class ChecksFailed(RuntimeError):
     """A run did not show what it must (the checks table the step wrote names which check)."""
 
 
+def report_checks(checks, out, *, enforce: bool, what: str) -> None:
+    """Write a checks table, log each check, and raise ChecksFailed (after the write, so the
+    evidence is kept) when ``enforce`` and one failed; ``what`` names them in the error."""
+    import logging
+
+    from mechflow.artifacts import write_table
+
+    write_table(checks, out)
+    log = logging.getLogger(__name__)
+    for row in checks.itertuples():
+        log.info("%s %s: %.4g (threshold %.4g)", "PASS" if row.passed else "FAIL", row.check,
+                 row.value, row.threshold)  # fmt: skip
+    failed = checks.loc[~checks["passed"], "check"].tolist()
+    if failed and enforce:
+        raise ChecksFailed(f"{what} checks failed: {failed}; see {out}")
+
+
 def parse_and_check(
     parser: argparse.ArgumentParser, run: Callable[..., Any], argv: list[str] | None
 ) -> Any:

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from mechflow.artifacts import write_table
 from mechflow.experiments.grokking.checks import grokking_checks
 from mechflow.plots.style import check_columns, read_figure_table
-from mechflow.steps import ChecksFailed, parse_and_check, step_parser
+from mechflow.steps import parse_and_check, report_checks, step_parser
 
 log = logging.getLogger(__name__)
 
@@ -27,18 +26,7 @@ def run(progress: Path, phases: Path, keys: Path, out: Path, enforce: bool = Fal
     check_columns(keys_df, ["frequency", "embedding_share"], str(keys))
     checks = grokking_checks(progress_df, phases_df, keys_df)
     checks.insert(0, "model", progress_df["model"].iloc[0])
-    write_table(checks, out)
-    for row in checks.itertuples():
-        log.info(
-            "%s %s: %.4g (threshold %.4g)",
-            "PASS" if row.passed else "FAIL",
-            row.check,
-            row.value,
-            row.threshold,
-        )
-    failed = checks.loc[~checks["passed"], "check"].tolist()
-    if failed and enforce:
-        raise ChecksFailed(f"grokking checks failed: {failed}; see {out}")
+    report_checks(checks, out, enforce=enforce, what="grokking")
     return checks
 
 

@@ -9,27 +9,21 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from mechflow.steps import ChecksFailed, parse_and_check, step_parser
+from mechflow.steps import parse_and_check, report_checks, step_parser
 
 log = logging.getLogger(__name__)
 
 
 def run(accuracy: Path, classes: Path, faithfulness: Path, out: Path, *, reference: str,
         min_accuracy: float, enforce: bool = False):  # fmt: skip
-    from mechflow.artifacts import read_table, write_table
+    from mechflow.artifacts import read_table
     from mechflow.experiments.ioi.checks import ioi_checks
 
     acc = read_table(accuracy)
     checks = ioi_checks(acc, read_table(classes), read_table(faithfulness),
                         reference=reference, min_accuracy=min_accuracy)  # fmt: skip
     checks.insert(0, "model", acc["model"].iloc[0])
-    write_table(checks, out)
-    for row in checks.itertuples():
-        log.info("%s %s: %.4g (threshold %.4g)", "PASS" if row.passed else "FAIL", row.check,
-                 row.value, row.threshold)  # fmt: skip
-    failed = checks.loc[~checks["passed"], "check"].tolist()
-    if failed and enforce:
-        raise ChecksFailed(f"IOI checks failed: {failed}; see {out}")
+    report_checks(checks, out, enforce=enforce, what="IOI")
     return checks
 
 
