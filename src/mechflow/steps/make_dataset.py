@@ -1,8 +1,10 @@
 """Generate a token dataset (``.npy``, shape seq × pos) from one of mechflow's task generators.
 
 Kinds: ``repeated_spans`` (induction training data: random tokens with spans repeated at random
-offsets), ``repeated_random`` (``[BOS] + r + r``, the induction-head probe) and ``ioi``
-(indirect-object sentences in their own word-level vocabulary, each prompt and its answer).
+offsets), ``repeated_random`` (``[BOS] + r + r``, the induction-head probe), ``ioi``
+(indirect-object sentences in their own word-level vocabulary, each prompt and its answer) and
+``othello`` (random legal Othello games, ``[BOS] + moves``; their board labels are written by
+``label_othello_games``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from mechflow.data import induction
 from mechflow.data.tokens import save_tokens
 from mechflow.experiments.ioi import prompts as ioi
+from mechflow.experiments.othello import labels as othello
 from mechflow.steps import json_object, keyword_mismatch, parse_and_run, step_parser
 
 log = logging.getLogger(__name__)
@@ -22,6 +25,7 @@ GENERATORS = {
     "repeated_spans": induction.repeated_spans,
     "repeated_random": induction.repeated_random,
     "ioi": ioi.ioi_sentences,
+    "othello": othello.othello_games,
 }
 
 

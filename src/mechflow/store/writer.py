@@ -684,12 +684,15 @@ def write_array_store(
     tokens: Int[np.ndarray, "seq pos"] | None = None,
     dtype: str = "float32",
     compression: str = "none",
+    dims: Mapping[str, Sequence[str]] | None = None,
 ) -> Path:
-    """Write activations computed elsewhere (a toy model's hidden layer) as an activation store.
+    """Write activations computed elsewhere (a toy model's hidden layer, labels of games) as an
+    activation store.
 
     Same layout, attrs and ``complete``-last contract as :func:`write_activation_store`, so
     readers and the SAE trainer cannot tell the difference. Arrays are ``(seq, pos, ...)``;
-    ``tokens`` defaults to the row index (there are no tokens).
+    ``tokens`` defaults to the row index (there are no tokens). ``dims`` names an array's axes
+    (default: from its name, as for hooks).
     """
     out = Path(out)
     missing = [k for k in REQUIRED_PROVENANCE if not provenance.get(k)]
@@ -706,7 +709,12 @@ def write_array_store(
     meta = _store_meta(provenance, hooks, dtype, compression, n_seq, n_pos)
     row_bytes = sum(int(np.prod(s[1:])) for s in shapes.values()) * np.dtype(dtype).itemsize
     meta["chunk_rows"] = auto_chunk_rows(row_bytes, n_seq)
-    meta["dimension_names"] = {h: list(dimension_names(h, shapes[h])) for h in hooks}
+    meta["dimension_names"] = {
+        h: list((dims or {}).get(h) or dimension_names(h, shapes[h])) for h in hooks
+    }
+    bad = {h: d for h, d in meta["dimension_names"].items() if len(d) != len(shapes[h])}
+    if bad:
+        raise ValueError(f"dims: {bad} do not match the arrays' ranks {shapes}")
     if out.exists():
         shutil.rmtree(out)
     group = _create(out, meta, {TOKENS: (n_seq, n_pos), **shapes}, dtype, compression)
