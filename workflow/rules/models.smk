@@ -32,6 +32,29 @@ rule train_model:
         " --threads {threads} --device {params.device} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
+# A model at its initialisation (`source: initialised`): the controls of probes and patching.
+rule initialise_model:
+    output:
+        weights=f"{RESULTS}/models/{{model}}/model.safetensors",
+        config=f"{RESULTS}/models/{{model}}/config.json",
+    wildcard_constraints:
+        model=alternation(W.models_from("initialised")),
+    params:
+        architecture=W.architecture_json,
+        seed=W.initial_seed,
+        out_dir=subpath(output.weights, parent=True),
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/initialise_model/{model}.log",
+    resources:
+        mem_mb=2000,
+        runtime=5,
+    shell:
+        "python -m mechflow.steps.initialise_model --architecture {params.architecture:q}"
+        " --seed {params.seed} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+
+
 rule import_pretrained:
     output:
         weights=f"{RESULTS}/models/{{model}}/model.safetensors",

@@ -15,19 +15,47 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from mechflow.artifacts import file_sha256, git_revision, package_versions, write_table
 from mechflow.data.tokens import load_tokens
 from mechflow.models.build import build_model, save_model, save_weights
 from mechflow.models.checkpoints import checkpoint_name
 from mechflow.models.config import Architecture, TrainingConfig
+from mechflow.models.objectives import Objective, SoftTargetNextMove
 from mechflow.models.train import log_columns, train
 from mechflow.progress import LiveTable, live_path
 from mechflow.runtime import add_runtime_flags, pick_device, seed_everything
 from mechflow.steps import json_object, parse_and_run, step_parser
 
 log = logging.getLogger(__name__)
+
+
+class _Objective(NamedTuple):
+    """What ``training.objective`` names: the arrays the trainer reads, and the loss."""
+
+    arrays: Callable[[np.ndarray, Architecture], Any]
+    make: Callable[[], Objective | None]
+
+
+def _legal_move_arrays(tokens: np.ndarray, arch: Architecture) -> dict[str, np.ndarray]:
+    from mechflow.experiments.othello.labels import legal_move_targets
+
+    tokens = np.asarray(tokens)
+    return {"tokens": tokens, "targets": legal_move_targets(tokens, arch.d_vocab)}
+
+
+# next_token: the default. legal_moves: cross-entropy to the uniform distribution over the legal
+# next moves of Othello games (their true next-move distribution: the same minimum as next-token
+# prediction on random games, without the noise of one sampled move per position).
+OBJECTIVES = {
+    "next_token": _Objective(arrays=lambda tokens, arch: tokens, make=lambda: None),
+    "legal_moves": _Objective(arrays=_legal_move_arrays, make=SoftTargetNextMove),
+}
 
 # Not one of the step's outputs: Snakemake deletes a failed job's outputs, checkpoints/ included,
 # so the checkpoints written so far are kept here too, for the rerun to put back.
@@ -69,7 +97,10 @@ def run(
     progress: bool = True,
 ) -> None:
     arch = Architecture.from_dict(architecture)
-    cfg = TrainingConfig.from_dict(training)
+    objective = training.get("objective", "next_token")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"training.objective: {objective!r}; allowed: {sorted(OBJECTIVES)}")
+    cfg = TrainingConfig.from_dict({k: v for k, v in training.items() if k != "objective"})
     tokens = load_tokens(tokens_path)
     validation = load_tokens(validation_path) if validation_path is not None else None
     if (validation is None) != (cfg.eval_every is None):
@@ -98,7 +129,7 @@ def run(
     with LiveTable(live_path(out_dir / LOG_FILE), columns) as live:
         loss_log = train(
             model,
-            tokens,
+            OBJECTIVES[objective].arrays(tokens, arch),
             cfg,
             on_checkpoint=on_checkpoint,
             progress=progress,
@@ -106,6 +137,7 @@ def run(
             on_log=live.append,
             desc=f"train {out_dir.name}",
             validation=validation,
+            objective=OBJECTIVES[objective].make(),
         )
     seconds = time.perf_counter() - start
     _publish_checkpoints(resume_dir, ckpt_dir)
