@@ -23,6 +23,10 @@ from mechflow.models import WEIGHTS_FILE
 from mechflow.models.config import Architecture, TrainingConfig, hook_names
 
 RESULTS = "results"
+# dataset keys the checks fill in from others (for check_fits), not the generator's parameters
+DERIVED_KEYS = {"othello": ("seq_len", "d_vocab")}
+# what the workflow does for a model of each source
+MADE_BY = {"trained": "trained", "pretrained": "imported", "initialised": "initialised"}
 
 
 class ConfigError(ValueError):
@@ -165,8 +169,9 @@ def as_json(value: Any) -> str:
 
 
 def architecture_of(spec: dict[str, Any]) -> Architecture | None:
-    """The architecture of a trained model entry (None for pretrained: known only after loading)."""
-    if spec.get("source") != "trained":
+    """The architecture of a trained or initialised model entry (None for pretrained: known
+    only after loading)."""
+    if spec.get("source") not in ("trained", "initialised"):
         return None
     return Architecture.from_dict(spec["architecture"])
 
@@ -198,7 +203,7 @@ def training_config(training: dict[str, Any]) -> dict[str, Any]:
     fields = {
         k: v
         for k, v in training.items()
-        if k not in ("dataset", "checkpoint_every", "log_checkpoints")
+        if k not in ("dataset", "checkpoint_every", "log_checkpoints", "objective")
     }
     fields["checkpoints"] = checkpoint_steps(training)
     return fields
@@ -321,7 +326,7 @@ class Workflow:
         used = self.used_models()
         return [
             f"models.{name}: declared, but no enabled experiment uses it (nothing is "
-            f"{'imported' if spec['source'] == 'pretrained' else 'trained'} for it)"
+            f"{MADE_BY[spec['source']]} for it)"
             for name, spec in self.models.items()
             if name not in used
         ]
@@ -361,6 +366,14 @@ class Workflow:
                     self._check_text_tokenizer(name, problems)
             elif dataset["kind"] == "ioi":
                 self._check_ioi(name, problems)
+            elif dataset["kind"] == "othello":
+                # the sizes follow from the board (as the schema fills a default in), so that
+                # check_fits reads them like any dataset's
+                from mechflow.data.othello import d_vocab
+                from mechflow.experiments.othello.labels import seq_len
+
+                dataset["seq_len"] = seq_len(dataset["board_size"])
+                dataset["d_vocab"] = d_vocab(dataset["board_size"])
             elif dataset["kind"] == "repeated_spans":
                 lo, hi = dataset["span_len"]
                 if lo > hi:
@@ -419,7 +432,7 @@ class Workflow:
             except ValueError as err:
                 problems.append(f"models.{name}.{err}")
                 continue
-            if arch is None:
+            if arch is None or spec["source"] != "trained":
                 continue
             training = spec["training"]
             if training["dataset"] not in self.datasets:
@@ -436,6 +449,16 @@ class Workflow:
             except ValueError as err:
                 problems.append(f"models.{name}.{err}")
             dataset = self.datasets.get(training["dataset"])
+            if (
+                training.get("objective") == "legal_moves"
+                and dataset is not None
+                and dataset["kind"] != "othello"
+            ):
+                problems.append(
+                    f"models.{name}.training.objective: legal_moves needs games, and dataset "
+                    f"{training['dataset']!r} is of kind {dataset['kind']!r}; allowed: a dataset "
+                    "of kind othello, or next_token"
+                )
             if training["eval_every"] and dataset is not None and dataset["kind"] != "text":
                 problems.append(
                     f"models.{name}.training.eval_every: needs a held-out split, and dataset "
@@ -572,7 +595,9 @@ class Workflow:
         return self.datasets[wildcards.dataset]["kind"]
 
     def dataset_spec(self, wildcards) -> str:
-        return as_json({k: v for k, v in self.datasets[wildcards.dataset].items() if k != "kind"})
+        spec = self.datasets[wildcards.dataset]
+        derived = DERIVED_KEYS.get(spec["kind"], ())
+        return as_json({k: v for k, v in spec.items() if k != "kind" and k not in derived})
 
     # --- models ---------------------------------------------------------------------------
     def training_dataset(self, wildcards) -> str:
@@ -587,11 +612,19 @@ class Workflow:
         paths = self.validation_dataset(wildcards)
         return f"--validation-tokens {shlex.quote(paths[0])}" if paths else ""
 
+    def initial_seed(self, wildcards) -> int:
+        return self.models[wildcards.model]["seed"]
+
     def architecture_json(self, wildcards) -> str:
         return as_json(self.architecture(wildcards.model).to_dict())
 
     def training_json(self, wildcards) -> str:
-        return as_json(training_config(self.models[wildcards.model]["training"]))
+        """The TrainingConfig fields, and the objective unless it is the default (so a model
+        trained before the key existed keeps its params, and is not retrained)."""
+        training = self.models[wildcards.model]["training"]
+        objective = training.get("objective", "next_token")
+        extra = {} if objective == "next_token" else {"objective": objective}
+        return as_json({**training_config(training), **extra})
 
     def pretrained_name(self, wildcards) -> str:
         return self.models[wildcards.model]["name"]

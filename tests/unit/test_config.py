@@ -245,3 +245,13 @@ def test_a_pretrained_language_model_has_no_loss_curve(config):
     wiring = Workflow(config).experiments["language_model"]
     assert wiring.figures("gpt2_small") == ["logit_lens", "logit_attribution"]
     assert wiring.text_dataset("gpt2_small") == "stdlib_text"
+
+
+def test_the_othello_paper_preset_is_valid_at_the_papers_shape():
+    cfg = load("presets/othello_paper.yaml")
+    validate(cfg)
+    check_config(cfg)
+    arch = cfg["models"]["othello_8l"]["architecture"]
+    assert (arch["n_layers"], arch["d_model"], arch["n_heads"]) == (8, 512, 8)
+    assert cfg["datasets"]["othello_train"]["d_vocab"] == arch["d_vocab"] == 61
+    assert cfg["models"]["othello_8l"]["training"]["objective"] == "next_token"

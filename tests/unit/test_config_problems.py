@@ -100,7 +100,7 @@ def test_an_unknown_name_lists_the_known_ones(test_config):
         "experiments.induction.eval_dataset: unknown dataset 'repeated_randm' "
         "(did you mean 'repeated_random'?); "
         "known: induction_train, induction_heldout, repeated_random, stdlib_text, "
-        "stdlib_sae_train, stdlib_heldout, repeated_random_text, ioi_train"
+        "stdlib_sae_train, stdlib_heldout, repeated_random_text, ioi_train, othello_train, othello_heldout"
     ]
 
 
@@ -110,7 +110,7 @@ def test_an_unknown_experiment_gets_a_guess(test_config):
     )
     assert lines == [
         "experiments.induciton: unknown experiment (did you mean 'induction'?); "
-        "registered: grokking, induction, ioi, language_model, saes, superposition"
+        "registered: grokking, induction, ioi, language_model, othello, saes, superposition"
     ]
 
 
@@ -201,7 +201,9 @@ def test_a_model_nothing_uses_is_a_warning(test_config):
         "models.spare: declared, but no enabled experiment uses it (nothing is trained for it)",
         "models.gpt2: declared, but no enabled experiment uses it (nothing is imported for it)",
     ]
-    assert Workflow(config).used_models() == ["attn_only_1l", "attn_only_2l", "gpt_2l", "ioi_2l"]
+    assert Workflow(config).used_models() == [
+        "attn_only_1l", "attn_only_2l", "gpt_2l", "ioi_2l", "othello_2l", "othello_2l_init",
+    ]  # fmt: skip
 
 
 def test_a_validation_loss_needs_a_text_dataset(test_config):
@@ -276,7 +278,8 @@ def test_a_subset_names_the_dataset_it_draws_from(test_config):
         "'repeated_spans' has no validation split; allowed: train",
         "datasets.stdlib_heldout.dataset: unknown dataset 'stdlib_txt' (did you mean "
         "'stdlib_text'?); known: induction_train, induction_heldout, repeated_random, "
-        "stdlib_text, stdlib_sae_train, stdlib_heldout, repeated_random_text, ioi_train",
+        "stdlib_text, stdlib_sae_train, stdlib_heldout, repeated_random_text, ioi_train, "
+        "othello_train, othello_heldout",
     ]
 
 
@@ -374,7 +377,7 @@ def test_a_pretrained_tokenizer_is_checked_before_any_job(test_config, tmp_path,
 
     assert problems_of(test_config, tokenizer_of("gtp")) == [
         "datasets.gpt_text.tokenizer: unknown model 'gtp' (did you mean 'gpt'?); known: "
-        "attn_only_1l, attn_only_2l, gpt_2l, ioi_2l, gpt",
+        "attn_only_1l, attn_only_2l, gpt_2l, ioi_2l, othello_2l, othello_2l_init, gpt",
         "experiments.language_model.eval_datasets.gpt: dataset 'gpt_text' is tokenized with "
         "models.gtp's, not with models.gpt's; allowed: a text dataset with tokenizer: gpt",
     ]
@@ -506,3 +509,56 @@ def test_the_ioi_experiment_is_checked_before_any_job(test_config):
         "experiments.ioi.shards: 3, but models.attn_only_1l has 1 layers to shard the sweeps "
         "over; allowed 1 to 1",
     ]
+
+
+# --- OthelloGPT: bad boards, controls and datasets are named before any job ----------------------
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [(7, "datasets.othello_train.board_size: 7 is not a multiple of 2"),
+     (4, "datasets.othello_train.board_size: 4 is less than the minimum of 6")],
+)  # fmt: skip
+def test_an_odd_or_small_board_is_refused_naming_its_key(test_config, size, message):
+    lines = problems_of(
+        test_config, lambda c: c["datasets"]["othello_train"].update(board_size=size)
+    )
+    assert any(message in line for line in lines), lines
+
+
+def test_othello_names_the_control_the_games_and_the_layers_it_needs(test_config):
+    def broken(c):
+        init = c["models"]["othello_2l_init"]  # its architecture is the model's (a YAML anchor)
+        init["architecture"] = {**init["architecture"], "d_model": 64}
+        c["datasets"]["othello_heldout"].update(board_size=8)
+        c["experiments"]["othello"]["intervention"] = {"layer": 2}
+
+    lines = problems_of(test_config, broken)
+    assert any(
+        "experiments.othello.controls.othello_2l: models.othello_2l_init.architecture differs"
+        in line
+        for line in lines
+    ), lines
+    assert any(
+        "experiments.othello.eval_dataset: 8x8 games, but models.othello_2l plays 6x6" in line
+        for line in lines
+    ), lines
+    assert any(
+        "experiments.othello.intervention.layer: 2, but models.othello_2l has 2 layers" in line
+        for line in lines
+    ), lines
+
+
+def test_othello_held_out_games_must_not_be_the_training_games(test_config):
+    lines = problems_of(test_config, lambda c: c["datasets"]["othello_heldout"].update(seed=0))
+    assert any("held-out games need another" in line for line in lines), lines
+
+
+def test_the_legal_moves_objective_needs_games(test_config):
+    lines = problems_of(
+        test_config,
+        lambda c: c["models"]["gpt_2l"]["training"].update(objective="legal_moves"),
+    )
+    assert any(
+        "models.gpt_2l.training.objective: legal_moves needs games" in line for line in lines
+    ), lines

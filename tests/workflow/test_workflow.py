@@ -16,6 +16,8 @@ import pytest
 import yaml
 from workflow_helpers import ROOT, copy_workflow, snakemake
 
+from mechflow.experiments.othello.workflow import TABLES as OTHELLO_TABLES
+
 
 @pytest.fixture(scope="module")
 def workflow_copy(tmp_path_factory):
@@ -207,7 +209,7 @@ def test_a_registered_experiment_runs_through_its_own_files_and_one_registry_lin
     assert proc.returncode != 0
     assert (
         "experiments.dummy: unknown experiment; registered: grokking, induction, ioi, "
-        "language_model, saes, superposition" in proc.stdout + proc.stderr
+        "language_model, othello, saes, superposition" in proc.stdout + proc.stderr
     )
 
 
@@ -232,8 +234,8 @@ def test_every_figure_is_built_and_a_second_run_does_nothing(tiny_run):
         for p in (tiny_run / "results/figures").rglob("*.png")
     )
     # induction: 11 for the attention-only models, 6 for the text model; grokking, superposition,
-    # SAEs, the language model, IOI
-    assert len(figures) == 11 + 6 + 4 + 3 + 3 + 3 + 5, figures
+    # SAEs, the language model, IOI, OthelloGPT
+    assert len(figures) == 11 + 6 + 4 + 3 + 3 + 3 + 5 + 6, figures
     for png in (tiny_run / "results/figures").rglob("*.png"):
         assert png.stat().st_size > 10_000 and png.with_suffix(".svg").stat().st_size > 10_000
     proc = snakemake(tiny_run, "-n", "--configfile", "config/test.yaml")
@@ -271,6 +273,7 @@ def test_report_gathers_the_figures(tiny_run):
             "ioi_2l: IOI accuracy and logit difference per split",
             "ioi_2l: every head, its IOI class and the measurements it was found from",
             "ioi_2l: IOI checks",
+            *(f"othello_2l: {title}" for title, _ in OTHELLO_TABLES.values()),
         ]
     )  # fmt: skip
 

@@ -2,7 +2,9 @@ rule make_dataset:
     output:
         f"{RESULTS}/datasets/{{dataset}}.npy",
     wildcard_constraints:
-        dataset=alternation(W.datasets_of_kind("repeated_spans", "repeated_random", "ioi")),
+        dataset=alternation(
+            W.datasets_of_kind("repeated_spans", "repeated_random", "ioi", "othello")
+        ),
     params:
         kind=W.dataset_kind,
         spec=W.dataset_spec,

@@ -16,7 +16,9 @@ from typing import Any
 
 from mechflow.experiments.base import Experiment
 
-EXPERIMENTS = ("induction", "grokking", "superposition", "saes", "language_model", "ioi")
+EXPERIMENTS = (
+    "induction", "grokking", "superposition", "saes", "language_model", "ioi", "othello",
+)  # fmt: skip
 
 
 def load_experiments(config: dict[str, Any], names=EXPERIMENTS) -> dict[str, Experiment]:
