@@ -4,6 +4,7 @@ shuffled-label control), interventions, attribution, checks; and what they refus
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -133,7 +134,7 @@ def test_interventions_and_attribution_write_their_tables(run, tmp_path):
     assert (probe["mean_margin"] > 0).all()  # the probe now reads the opponent's stone
     outs = {k: tmp_path / f"{k}.csv" for k in ("attribution", "patching", "neurons", "activations")}
     attribute_othello.main(
-        common + ["--move", "16", "--games", "10", "--neuron-layer", "1", "--neurons", "2"]
+        common + ["--move", "14", "--later", "2", "--games", "10", "--neuron-layer", "1", "--neurons", "2"]
         + [f for k, v in outs.items() for f in (f"--{k}-out", str(v))]
     )  # fmt: skip
     assert read_table(outs["neurons"])["neuron"].nunique() == 2
@@ -200,12 +201,13 @@ def write_inputs(root, *, relative, board, shuffled, control, probe, random_, to
     write_table(pd.DataFrame(iv), root / "iv.csv")
 
 
-def checks(root, enforce=False):
+def checks(root, enforce=False, report_only=()):
     summarize_othello_probes.main(["--accuracy", str(root / "acc.csv"), "--control-accuracy",
                                    str(root / "control.csv"), "--out", str(root / "summary.csv")])  # fmt: skip
     argv = ["--legal", str(root / "legal.csv"), "--summary", str(root / "summary.csv"),
             "--interventions", str(root / "iv.csv"), "--thresholds", json.dumps(THRESHOLDS),
             "--out", str(root / "checks.csv")]  # fmt: skip
+    argv += [f for c in report_only for f in ("--report-only", c)]
     check_othello.main(argv + (["--enforce"] if enforce else []))
     return read_table(root / "checks.csv").set_index("check")["passed"]
 
@@ -239,3 +241,23 @@ def test_a_broken_pipeline_fails_its_check(tmp_path, broken, failing):
     with pytest.raises(SystemExit):
         checks(tmp_path, enforce=True)
     assert (tmp_path / "checks.csv").exists()  # the evidence is kept
+
+
+def test_a_report_only_check_is_shown_failing_but_stops_nothing(tmp_path):
+    write_inputs(tmp_path, **(GOOD | {"probe": [0.25, 0.3]}))
+    passed = checks(tmp_path, enforce=True, report_only=["probe_edit_over_random"])
+    assert not passed["probe_edit_over_random"]
+    table = read_table(tmp_path / "checks.csv").set_index("check")
+    assert not table.loc["probe_edit_over_random", "enforced"] and table["enforced"].sum() == 4
+    with pytest.raises(ValueError, match=r"report-only checks \['no_such_check'\]"):
+        checks(tmp_path, report_only=["no_such_check"])
+
+
+def test_the_schema_lists_the_checks_the_step_writes():
+    import yaml
+
+    from mechflow.experiments.othello.checks import CHECKS
+
+    root = Path(__file__).resolve().parents[2]
+    schema = yaml.safe_load((root / "workflow/schemas/othello.schema.yaml").read_text())
+    assert tuple(schema["properties"]["report_only"]["items"]["enum"]) == CHECKS

@@ -267,3 +267,33 @@ def test_activation_by_state_equals_a_loop(model, games):
         A.neuron_activation_by_state(
             model, tokens, labels, mask, layer=0, neurons=[0], label="colour"
         )
+
+
+def test_move_pairs_read_later_keep_the_later_moves_legal_in_both(games):
+    tokens, _ = games
+    later = 2
+    pairs = A.move_pairs(tokens, move=MOVE, n_games=10, seed=0, later=later)
+    read = MOVE + later
+    assert pairs.read_at == read and pairs.clean.shape[1] == read + 1
+    np.testing.assert_array_equal(pairs.clean, tokens[pairs.games, : read + 1])
+    differs = pairs.clean != pairs.corrupted
+    assert differs[:, MOVE].all() and differs.sum() == len(pairs.games)  # the one swapped move
+    clean = label_games(_padded(pairs.clean), SIZE)["legal"][:, read]  # both replay as games
+    corrupted = label_games(_padded(pairs.corrupted), SIZE)["legal"][:, read]
+    rows = np.arange(len(pairs.games))
+    at = othello.token_to_square
+    assert (clean[rows, at(pairs.correct, SIZE)] == 1).all()
+    assert (corrupted[rows, at(pairs.correct, SIZE)] != 1).all()
+    assert (corrupted[rows, at(pairs.wrong, SIZE)] == 1).all()
+    assert (clean[rows, at(pairs.wrong, SIZE)] != 1).all()
+
+
+def test_move_patching_read_later_restores_at_the_swapped_move(model, games):
+    tokens, _ = games
+    table = A.move_patching(model, tokens, move=MOVE, n_games=8, seed=0, batch_size=50, later=2)
+    resid = table[table["kind"] == "resid_pre"].set_index(["layer", "position"])["effect"]
+    earlier = resid[resid.index.get_level_values("position") < MOVE]
+    np.testing.assert_allclose(earlier, 0, atol=1e-4)  # the same tokens: patching nothing
+    # the clean token embedding at the swapped move makes the whole run clean again
+    assert resid[(0, MOVE)] == pytest.approx(1, abs=1e-4)
+    assert (table.loc[table["kind"] == "mlp_out", "position"] == MOVE + 2).all()

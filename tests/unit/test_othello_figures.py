@@ -403,7 +403,7 @@ def test_attribution_draws_dla_and_every_patching_kind(tmp_path):
         titled["residual stream (resid_pre)"].images[0].get_array(),
         resid["effect"].to_numpy().reshape(3, MOVE + 1),
     )
-    outputs = titled[f"block outputs at move {MOVE}"]
+    outputs = titled[f"block outputs at position {MOVE}"]
     heights = [p.get_height() for p in outputs.patches]
     attn, mlp = (
         patching.loc[patching["kind"] == k, "effect"].tolist() for k in ("attn_out", "mlp_out")
@@ -422,7 +422,7 @@ def test_attribution_of_an_attention_only_model_without_patching(tmp_path):
     fig = draw("attribution", written(tmp_path, {"move_attribution": dla, "move_patching": only_z}))
     titles = {ax.get_title(loc="left") for ax in fig.axes}
     assert "residual stream (resid_pre)" not in titles
-    assert {"heads, every position (z)", f"block outputs at move {MOVE}"} <= titles
+    assert {"heads, every position (z)", f"block outputs at position {MOVE}"} <= titles
 
 
 @pytest.mark.parametrize(("size", "codes"), [(6, False), (8, False), (6, True)])

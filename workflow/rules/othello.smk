@@ -159,6 +159,7 @@ rule attribute_othello:
         model_dir=subpath(input.weights, parent=True),
         move=OTH.patch_move,
         games=OTH.option("attribution", "games"),
+        later=OTH.option("attribution", "later"),
         neuron_layer=OTH.neuron_layer,
         neurons=OTH.option("attribution", "neurons"),
         seed=OTH.option("attribution", "seed"),
@@ -176,7 +177,8 @@ rule attribute_othello:
     shell:
         "python -m mechflow.steps.attribute_othello --model-dir {params.model_dir:q}"
         " --tokens {input.tokens:q} --labels {input.labels:q} --probes {input.probes:q}/relative"
-        " --move {params.move} --games {params.games} --neuron-layer {params.neuron_layer}"
+        " --move {params.move} --games {params.games} --later {params.later}"
+        " --neuron-layer {params.neuron_layer}"
         " --neurons {params.neurons} --seed {params.seed} --first-move {params.first}"
         " --last-from-end {params.last} --batch-size {params.batch_size} --threads {threads}"
         " --attribution-out {output.attribution:q} --patching-out {output.patching:q}"
@@ -217,7 +219,7 @@ rule check_othello:
         model=alternation(OTH.units()),
     params:
         thresholds=OTH.thresholds_json,
-        enforce=OTH.enforce_flag,
+        enforce=OTH.enforce_flags,
     conda:
         "../../environment.yml"
     log:

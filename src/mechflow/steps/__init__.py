@@ -64,7 +64,8 @@ class ChecksFailed(RuntimeError):
 
 def report_checks(checks, out, *, enforce: bool, what: str) -> None:
     """Write a checks table, log each check, and raise ChecksFailed (after the write, so the
-    evidence is kept) when ``enforce`` and one failed; ``what`` names them in the error."""
+    evidence is kept) when ``enforce`` and one failed (of those the table's ``enforced`` column
+    marks, when it has one); ``what`` names them in the error."""
     import logging
 
     from mechflow.artifacts import write_table
@@ -74,7 +75,9 @@ def report_checks(checks, out, *, enforce: bool, what: str) -> None:
     for row in checks.itertuples():
         log.info("%s %s: %.4g (threshold %.4g)", "PASS" if row.passed else "FAIL", row.check,
                  row.value, row.threshold)  # fmt: skip
-    failed = checks.loc[~checks["passed"], "check"].tolist()
+    # a table may mark checks as reported only (``enforced`` False): they never stop the run
+    enforced = checks["enforced"] if "enforced" in checks else True
+    failed = checks.loc[~checks["passed"] & enforced, "check"].tolist()
     if failed and enforce:
         raise ChecksFailed(f"{what} checks failed: {failed}; see {out}")
 

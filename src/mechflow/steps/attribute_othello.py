@@ -1,7 +1,7 @@
 """Attribute an OthelloGPT's moves: direct logit attribution of every head, MLP and embedding
 to the predicted move (against the mean legal move) over held-out positions; activation
-patching of one swapped move (the residual stream by layer and position, each sublayer and
-head); and the most board-like neurons of one MLP read through the mine/theirs probes, with
+patching of one swapped move, read ``--later`` moves on (the residual stream by layer and
+position, each sublayer and head); and the most board-like neurons of one MLP read through the mine/theirs probes, with
 their mean activation per square state.
 """
 
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def run(model_dir: Path, tokens: Path, labels: Path, probes: Path, attribution_out: Path,
         patching_out: Path, neurons_out: Path, activations_out: Path, *, move: int, games: int,
-        neuron_layer: int, neurons: int, seed: int, first_move: int, last_from_end: int,
+        later: int, neuron_layer: int, neurons: int, seed: int, first_move: int, last_from_end: int,
         batch_size: int):  # fmt: skip
     from mechflow.analysis.inputs import model_name
     from mechflow.artifacts import file_sha256, write_table
@@ -37,7 +37,7 @@ def run(model_dir: Path, tokens: Path, labels: Path, probes: Path, attribution_o
         model, rows, arrays["legal"], mask, batch_size=batch_size
     )
     patching = attribution.move_patching(
-        model, rows, move=move, n_games=games, seed=seed, batch_size=batch_size
+        model, rows, move=move, n_games=games, seed=seed, batch_size=batch_size, later=later
     )
     read = attribution.neurons_in_probe_basis(
         model, load_probes(probes), layer=neuron_layer, n_neurons=neurons
@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--probes", required=True, type=Path, help="the relative probes' dir")
     parser.add_argument("--move", required=True, type=int, help="the move swapped in patching")
     parser.add_argument("--games", required=True, type=int, help="games whose move is swapped")
+    parser.add_argument("--later", required=True, type=int,
+                        help="moves after the swapped one before the metric is read")  # fmt: skip
     parser.add_argument("--neuron-layer", required=True, type=int)
     parser.add_argument("--neurons", required=True, type=int)
     parser.add_argument("--seed", required=True, type=int)

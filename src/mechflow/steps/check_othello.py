@@ -1,7 +1,7 @@
 """Hold an OthelloGPT's results to the paper's claims (mechflow.experiments.othello.checks).
 
-Writes ``checks.csv`` (model, check, value, threshold, passed, meaning); with ``--enforce`` the
-step fails after writing it when a check fails.
+Writes ``checks.csv`` (model, check, value, threshold, passed, meaning, enforced); with
+``--enforce`` the step fails after writing it when an enforced check fails.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 def run(legal: Path, summary: Path, interventions: Path, thresholds: dict, out: Path, *,
-        enforce: bool = False):  # fmt: skip
+        enforce: bool = False, report_only: list[str] | None = None):  # fmt: skip
     from mechflow.artifacts import read_table
     from mechflow.experiments.othello.checks import othello_checks
 
@@ -24,6 +24,10 @@ def run(legal: Path, summary: Path, interventions: Path, thresholds: dict, out: 
     checks = othello_checks(legal_table, read_table(summary), read_table(interventions),
                             **thresholds)  # fmt: skip
     checks.insert(0, "model", model)
+    unknown = sorted(set(report_only or ()) - set(checks["check"]))
+    if unknown:
+        raise ValueError(f"report-only checks {unknown} are no checks of {list(checks['check'])}")
+    checks["enforced"] = ~checks["check"].isin(report_only or ())
     report_checks(checks, out, enforce=enforce, what="OthelloGPT")
     return checks
 
@@ -35,6 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--interventions", required=True, type=Path)
     parser.add_argument("--thresholds", required=True, type=json_object)
     parser.add_argument("--enforce", action="store_true", help="fail when a check fails")
+    parser.add_argument("--report-only", action="append", default=[], metavar="CHECK",
+                        help="a check reported but never enforced (repeatable)")  # fmt: skip
     parser.add_argument("--out", required=True, type=Path, help="checks.csv")
     parse_and_check(parser, run, argv)
 

@@ -167,18 +167,21 @@ def direct_logit_attribution(
 
 @dataclass(frozen=True, eq=False)
 class MovePairs:
-    """Clean games cut after move ``move``, the same with that move swapped, and the two squares
-    whose legality for the next move tells them apart.
+    """Clean games cut ``later`` moves after move ``move``, the same with that move swapped (the
+    later moves unchanged, and legal in both), and the two squares whose legality for the next
+    move tells them apart there.
 
     Args:
         move: the swapped move's number (its position in the rows).
+        read_at: the position the metric is read at (``move + later``).
         games: each pair's row in the token array.
-        clean, corrupted: ``(pair, move + 1)`` token rows, the BOS first.
-        correct: the token of a square legal next after the clean move only (the first such).
-        wrong: the token of one legal next after the corrupted move only (the first such).
+        clean, corrupted: ``(pair, read_at + 1)`` token rows, the BOS first.
+        correct: the token of a square legal next in the clean game only (the first such).
+        wrong: the token of one legal next in the corrupted game only (the first such).
     """
 
     move: int
+    read_at: int
     games: Int[np.ndarray, " pair"]
     clean: Int[np.ndarray, "pair pos"]
     corrupted: Int[np.ndarray, "pair pos"]
@@ -186,49 +189,67 @@ class MovePairs:
     wrong: Int[np.ndarray, " pair"]
 
     def metric(self) -> LogitDifference:
-        """``logit[correct] - logit[wrong]`` at the swapped move, mean over pairs."""
+        """``logit[correct] - logit[wrong]`` at ``read_at``, mean over pairs."""
         return LogitDifference(
-            positions=torch.full((len(self.games),), self.move),
+            positions=torch.full((len(self.games),), self.read_at),
             correct=torch.as_tensor(self.correct),
             wrong=torch.as_tensor(self.wrong),
         )
 
 
 def _alternatives(
-    tokens: np.ndarray, labels: dict[str, np.ndarray], move: int, size: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Every other legal move ``move`` of every game that played one: (game, square, its rows
-    cut after it, the squares legal next after it), one entry per alternative."""
+    tokens: np.ndarray, labels: dict[str, np.ndarray], move: int, later: int, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every other legal move ``move`` of every game that played one, followed by the game's
+    next ``later`` moves where each is still legal: (game, its rows cut there, the squares
+    legal next there), one entry per alternative."""
     played = othello.token_to_square(tokens[:, move], size)  # -1: the game had ended
     options = (labels["legal"][:, move - 1] == 1) & (played >= 0)[:, None]
     options[np.flatnonzero(played >= 0), played[played >= 0]] = False
     game, square = np.nonzero(options)
-    rows = tokens[game].copy()
+    rows = np.full_like(tokens[game], BOS)
+    rows[:, :move] = tokens[game, :move]
     rows[:, move] = othello.square_to_token(square, size)
-    rows[:, move + 1 :] = BOS
-    next_legal = label_games(rows, size)["legal"][:, move] == 1  # alternative square
-    return game, square, rows, next_legal
+    legal = label_games(rows, size, only=("legal",))["legal"]
+    for p in range(move + 1, move + later + 1):
+        nxt = othello.token_to_square(tokens[game, p], size)  # the clean game's move p
+        keep = (nxt >= 0) & (legal[np.arange(len(game)), p - 1, np.maximum(nxt, 0)] == 1)
+        game, rows = game[keep], rows[keep]
+        rows[:, p] = tokens[game, p]
+        legal = label_games(rows, size, only=("legal",))["legal"]
+    return game, rows, legal[:, move + later] == 1
 
 
 def move_pairs(
-    tokens: Int[np.ndarray, "game pos"], *, move: int, n_games: int, seed: int
+    tokens: Int[np.ndarray, "game pos"], *, move: int, n_games: int, seed: int, later: int = 0
 ) -> MovePairs:
-    """The first ``n_games`` games (in row order) with an alternative move ``move`` that makes
-    some square legal next and another not: one such alternative each, drawn with ``seed``."""
+    """The first ``n_games`` games (in row order) with an alternative move ``move`` after which
+    the game's next ``later`` moves stay legal and, after them, some square is legal next in one
+    game and another in the other: one such alternative each, drawn with ``seed``. With
+    ``later`` > 0 the swapped move is no longer the last token read, so the residual stream by
+    position shows where its information travels."""
     if n_games < 1:
         raise ValueError(f"n_games must be >= 1, got {n_games}")
     tokens = np.asarray(tokens)
     size = board_size_of(tokens.shape[1])
     last = tokens.shape[1] - 1
-    if not 1 <= move < last:
-        raise ValueError(f"move {move} is outside the game: moves 1..{last - 1} have a next move")
-    labels = label_games(tokens, size)
-    game, square, rows, alt_legal = _alternatives(tokens, labels, move, size)
-    clean_legal = labels["legal"][game, move] == 1
+    if later < 0:
+        raise ValueError(f"later must be >= 0, got {later}")
+    if not 1 <= move < last - later:
+        raise ValueError(
+            f"move {move} is outside the game: moves 1..{last - 1 - later} have {later} more "
+            "moves and a next one"
+        )
+    labels = label_games(tokens, size, only=("legal",))
+    read_at = move + later
+    game, rows, alt_legal = _alternatives(tokens, labels, move, later, size)
+    clean_legal = labels["legal"][game, read_at] == 1
     gained, lost = clean_legal & ~alt_legal, alt_legal & ~clean_legal
     ok = np.flatnonzero(gained.any(1) & lost.any(1))
     if not len(ok):
-        raise ValueError(f"no game has an alternative move {move} that changes the next legal set")
+        raise ValueError(
+            f"no game has an alternative move {move} that changes the legal set {later} moves on"
+        )
     keys = np.random.default_rng(seed).random(len(ok))
     ok = ok[np.lexsort((keys, game[ok]))]  # by game, a random alternative first
     chosen = ok[np.unique(game[ok], return_index=True)[1]][:n_games]
@@ -238,20 +259,20 @@ def move_pairs(
         )
     return MovePairs(
         move=move,
+        read_at=read_at,
         games=game[chosen],
-        clean=tokens[game[chosen], : move + 1].astype(np.int64),
-        corrupted=rows[chosen, : move + 1].astype(np.int64),
+        clean=tokens[game[chosen], : read_at + 1].astype(np.int64),
+        corrupted=rows[chosen, : read_at + 1].astype(np.int64),
         correct=othello.square_to_token(gained[chosen].argmax(1), size),
         wrong=othello.square_to_token(lost[chosen].argmax(1), size),
     )
 
 
 def _patch_records(
-    kind: str, effect: Float[Tensor, "layer index"], move: int
+    kind: str, effect: Float[Tensor, "layer index"], read_at: int
 ) -> list[tuple[str, int, int, int, float]]:
     """(kind, layer, head, position, effect) rows: heads at every position (position -1), the
-    residual stream per position, sublayer outputs at the swapped move (earlier positions are
-    the same in both runs, so patching them does nothing)."""
+    residual stream per position, sublayer outputs where the metric is read."""
     out = []
     for layer, values in enumerate(effect.tolist()):
         if kind == "z":
@@ -259,7 +280,7 @@ def _patch_records(
         elif kind == "resid_pre":
             out += [(kind, layer, -1, pos, value) for pos, value in enumerate(values)]
         else:
-            out.append((kind, layer, -1, move, values[move]))
+            out.append((kind, layer, -1, read_at, values[read_at]))
     return out
 
 
@@ -272,15 +293,16 @@ def move_patching(
     seed: int,
     kinds: Sequence[str] = PATCH_KINDS,
     batch_size: int = 64,
+    later: int = 0,
 ) -> pd.DataFrame:
     """The normalised logit difference (clean 1, corrupted 0; means over games) after patching
-    each of ``kinds`` from the clean run into the one with move ``move`` swapped
-    (:func:`move_pairs`); columns :data:`PATCH_COLUMNS`."""
+    each of ``kinds`` from the clean run into the one with move ``move`` swapped, read ``later``
+    moves on (:func:`move_pairs`); columns :data:`PATCH_COLUMNS`."""
     kinds = [k for k in kinds if not (k == "mlp_out" and model.cfg.attn_only)]
     unknown = sorted(set(kinds) - set(PATCH_KINDS))
     if unknown:
         raise ValueError(f"patch kinds {unknown} are not reported; allowed: {list(PATCH_KINDS)}")
-    pairs = move_pairs(tokens, move=move, n_games=n_games, seed=seed)
+    pairs = move_pairs(tokens, move=move, n_games=n_games, seed=seed, later=later)
     clean, corrupted = torch.as_tensor(pairs.clean), torch.as_tensor(pairs.corrupted)
     metric = pairs.metric()
     device = _device(model)
@@ -295,7 +317,7 @@ def move_patching(
     records = []
     for kind in kinds:
         out = activation_patching(model, clean, corrupted, kind, metric, batch_size=batch_size)
-        records += _patch_records(kind, normalised(out, *scores), move)
+        records += _patch_records(kind, normalised(out, *scores), pairs.read_at)
     table = pd.DataFrame(records, columns=["kind", "layer", "head", "position", "effect"])
     table.insert(0, "move", move)
     table["games"], table["clean_score"], table["corrupted_score"] = len(pairs.games), *scores

@@ -12,6 +12,10 @@ import pandas as pd
 from mechflow.experiments.othello.probing import summarise
 
 CONTROL = "random init"
+CHECKS = (
+    "top1_legal", "mine_theirs_over_black_white", "trained_over_random_init",
+    "shuffled_off_majority", "probe_edit_over_random",
+)  # fmt: skip
 COLUMNS = ["check", "value", "threshold", "passed", "meaning"]
 
 
@@ -78,4 +82,5 @@ def othello_checks(
     ]  # fmt: skip
     table = pd.DataFrame(rows, columns=COLUMNS)
     table["passed"] = table["passed"].astype(bool)
+    assert tuple(table["check"]) == CHECKS
     return table

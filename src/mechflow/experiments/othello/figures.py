@@ -561,7 +561,7 @@ def _dla_panels(subfig, dla: pd.DataFrame, source: str) -> None:
 
 
 def _output_bars(ax: Axes, rows: pd.DataFrame, move: int, source: str) -> None:
-    """attn_out and mlp_out side by side per layer, patched at the swapped move."""
+    """attn_out and mlp_out side by side per layer, patched where the metric is read."""
     for offset, kind, color in ((-0.2, "attn_out", "tab:purple"), (0.2, "mlp_out", "tab:orange")):
         bars = rows[rows["kind"] == kind].sort_values("layer")
         _unique(bars, ["layer"], source)
@@ -572,7 +572,9 @@ def _output_bars(ax: Axes, rows: pd.DataFrame, move: int, source: str) -> None:
     ax.set_xticks(sorted(int(layer) for layer in rows["layer"].unique()))
     ax.set_xlabel("layer")
     ax.set_ylabel(EFFECT_LABEL)
-    ax.set_title(f"block outputs at move {move}", loc="left")
+    read = sorted(int(p) for p in rows["position"].unique())
+    where = f"position {read[0]}" if len(read) == 1 else f"positions {read}"
+    ax.set_title(f"block outputs at {where}", loc="left")
     ax.legend(fontsize=7)
 
 

@@ -27,7 +27,8 @@ TABLES = {
                       ["condition", "layer", "label", "accuracy", "baseline", "worst_square", "probes"]),
     "interventions": ("edits along the probe direction against a random one of the same norm",
                       ["condition", "scale", "edits", "success", "unchanged", "mean_margin", "hook"]),
-    "checks": ("OthelloGPT checks", ["check", "value", "threshold", "passed", "meaning"]),
+    "checks": ("OthelloGPT checks",
+               ["check", "value", "threshold", "passed", "enforced", "meaning"]),
 }  # fmt: skip
 
 
@@ -201,13 +202,14 @@ class Wiring(Experiment):
         if move is not None:
             return move
         size = self.config["datasets"][self.settings["eval_dataset"]]["board_size"]
-        return (size * size - 4) // 2
+        return (size * size - 4) // 2 - self.settings["attribution"]["later"]
 
     def scales(self, wildcards) -> str:
         return " ".join(str(s) for s in self.settings["intervention"]["scales"])
 
-    def enforce_flag(self, wildcards) -> str:
-        return "--enforce" if self.settings["enforce_checks"] else ""
+    def enforce_flags(self, wildcards) -> str:
+        flags = ["--enforce"] if self.settings["enforce_checks"] else []
+        return " ".join(flags + [f"--report-only {c}" for c in self.settings["report_only"]])
 
     def thresholds_json(self, wildcards) -> str:
         return as_json(self.settings["thresholds"])
