@@ -36,10 +36,11 @@ def test_dry_run_of_the_default_config_plans_every_figure(workflow_copy):
         for line in out.splitlines()
         if len(line.split()) == 2 and line.split()[1].isdigit()
     }
-    # two attention-only models, the text model and three seeds of the IOI model
-    assert counts["train_model"] == 6
-    # the induction probes of three models, and the SAE train/eval caches of the text model
-    assert counts["cache_activations"] == 3 + 2
+    # two attention-only models, the text model, three seeds of the IOI model, OthelloGPT
+    assert counts["train_model"] == 7
+    # the induction probes of three models, the SAE train/eval caches of the text model, and
+    # the held-out games of OthelloGPT and of its untrained control
+    assert counts["cache_activations"] == 3 + 2 + 2
     assert counts["make_text_dataset"] == 1 and counts["select_sequences"] == 2
     assert counts["plot_composition"] == 2  # the one-layer model has no composition
     assert counts["plot_phase_change"] == 3
@@ -59,6 +60,13 @@ def test_dry_run_of_the_default_config_plans_every_figure(workflow_copy):
     for rule in ("make_ioi_prompts", "evaluate_ioi", "patch_ioi", "classify_ioi_heads",
                  "check_ioi", "plot_ioi_circuit", "plot_ioi_patching"):  # fmt: skip
         assert counts[rule] == 3, rule  # one shard per sweep by default
+    # OthelloGPT: its games, their labels, its untrained control; legal play and probes of both
+    assert counts["make_dataset"] >= 2 and counts["label_othello_games"] == 1
+    assert counts["initialise_model"] == 1
+    assert counts["evaluate_othello"] == 2 and counts["probe_othello"] == 2
+    for rule in ("intervene_othello", "attribute_othello", "summarize_othello_probes",
+                 "check_othello", "plot_othello_boards", "plot_othello_interventions"):  # fmt: skip
+        assert counts[rule] == 1, rule
 
 
 def test_bad_config_stops_before_any_job_naming_the_key(workflow_copy, tmp_path):
