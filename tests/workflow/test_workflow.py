@@ -184,8 +184,8 @@ def test_a_registered_experiment_runs_through_its_own_files_and_one_registry_lin
     )
     registry = src / "mechflow/experiments/__init__.py"
     text = registry.read_text()
-    assert '"ioi")' in text
-    registry.write_text(text.replace('"ioi")', '"ioi", "dummy")'))
+    assert '"othello",\n)' in text
+    registry.write_text(text.replace('"othello",\n)', '"othello", "dummy",\n)'))
     (src / "mechflow/experiments/dummy").mkdir()
     (src / "mechflow/experiments/dummy/__init__.py").write_text("")
     (src / "mechflow/experiments/dummy/workflow.py").write_text(DUMMY_WIRING)
