@@ -118,6 +118,25 @@ def check_numeric(df: pd.DataFrame, columns: Sequence[str], source: str) -> None
             raise ValueError(f"{source}: column {column!r} must be numeric, got {df[column].dtype}")
 
 
+def check_table(
+    df: pd.DataFrame,
+    columns: Sequence[str],
+    numeric: Sequence[str],
+    source: str,
+    *,
+    empty_ok: bool = False,
+) -> bool:
+    """A figure's schema checks before any drawing: the columns, some rows, ``numeric`` numeric.
+    False for a table without rows, which only ``empty_ok`` allows (a placeholder figure)."""
+    check_columns(df, columns, source)
+    if df.empty:
+        if not empty_ok:
+            raise ValueError(f"{source}: table has no rows")
+        return False
+    check_numeric(df, numeric, source)
+    return True
+
+
 def model_name(df: pd.DataFrame, source: str) -> str:
     """The one model a table describes; figures compare heads, not models."""
     models = sorted(df["model"].astype(str).unique())

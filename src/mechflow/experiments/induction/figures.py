@@ -26,7 +26,7 @@ from mechflow.plots.style import (
     FigureKind,
     annotate_cells,
     check_columns,
-    check_numeric,
+    check_table,
     figure_style,
     grid,
     model_name,
@@ -101,10 +101,7 @@ def _ordered(present: Sequence[str], order: Sequence[str]) -> list[str]:
 
 def _prepare(df: pd.DataFrame, columns: Sequence[str], numeric: Sequence[str], source: str) -> str:
     """Schema checks before any drawing; returns the table's model name."""
-    check_columns(df, columns, source)
-    if df.empty:
-        raise ValueError(f"{source}: table has no rows")
-    check_numeric(df, numeric, source)
+    check_table(df, columns, numeric, source)
     return model_name(df, source)
 
 

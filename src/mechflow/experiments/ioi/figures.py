@@ -29,8 +29,7 @@ from matplotlib.patches import FancyArrowPatch, Patch, Rectangle
 from mechflow.plots.style import (
     FigureKind,
     annotate_cells,
-    check_columns,
-    check_numeric,
+    check_table,
     figure_style,
     grid,
     model_name,
@@ -101,10 +100,7 @@ ARROW = {"arrowstyle": "-|>", "mutation_scale": 8, "shrinkA": 13, "shrinkB": 13,
 
 def _prepare(df: pd.DataFrame, columns: Sequence[str], text: Sequence[str], source: str) -> str:
     """Schema checks before any drawing (every column not in ``text`` is numeric); the model."""
-    check_columns(df, columns, source)
-    if df.empty:
-        raise ValueError(f"{source}: table has no rows")
-    check_numeric(df, [c for c in columns if c not in text], source)
+    check_table(df, columns, [c for c in columns if c not in text], source)
     return model_name(df, source)
 
 

@@ -40,8 +40,7 @@ from mechflow.experiments.othello.labels import CLASSES
 from mechflow.plots.style import (
     FigureKind,
     annotate_cells,
-    check_columns,
-    check_numeric,
+    check_table,
     figure_style,
     grid,
     model_name,
@@ -121,15 +120,9 @@ def _checked(
     source: str,
     empty_ok: bool = False,
 ) -> bool:
-    """Schema checks before any drawing (every column not in ``text`` is numeric); False for a
-    table without rows, which only ``empty_ok`` allows."""
-    check_columns(df, columns, source)
-    if df.empty:
-        if not empty_ok:
-            raise ValueError(f"{source}: table has no rows")
-        return False
-    check_numeric(df, [c for c in columns if c not in text], source)
-    return True
+    """:func:`check_table` with every column not in ``text`` numeric."""
+    numeric = [c for c in columns if c not in text]
+    return check_table(df, columns, numeric, source, empty_ok=empty_ok)
 
 
 def _known(df: pd.DataFrame, column: str, known: Sequence[str], source: str) -> pd.Series:

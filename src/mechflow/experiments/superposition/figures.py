@@ -26,8 +26,7 @@ from matplotlib.patches import Patch
 
 from mechflow.plots.style import (
     FigureKind,
-    check_columns,
-    check_numeric,
+    check_table,
     figure_style,
     grid,
     model_name,
@@ -81,10 +80,7 @@ def _instances(df: pd.DataFrame, source: str) -> pd.DataFrame:
 
 
 def _prepare(df: pd.DataFrame, columns: Sequence[str], numeric: Sequence[str], source: str) -> str:
-    check_columns(df, columns, source)
-    if df.empty:
-        raise ValueError(f"{source}: table has no rows")
-    check_numeric(df, numeric, source)
+    check_table(df, columns, numeric, source)
     if "represented" in columns and not pd.api.types.is_bool_dtype(df["represented"]):
         raise ValueError(f"{source}: column 'represented' must be True/False")
     return model_name(df, source)
@@ -277,10 +273,7 @@ def phase_figure(
     df: pd.DataFrame, title: str | None = None, source: str = "phases table"
 ) -> Figure:
     """What the extra feature gets, per (relative importance, feature density) cell."""
-    check_columns(df, PHASE_COLUMNS, source)
-    if df.empty:
-        raise ValueError(f"{source}: table has no rows")
-    check_numeric(df, ("feature_probability", "relative_importance"), source)
+    check_table(df, PHASE_COLUMNS, ("feature_probability", "relative_importance"), source)
     phases = df["phase"].astype(str)
     unknown = sorted(set(phases) - set(PHASE_COLORS))
     if unknown:
