@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import html
-import re
+from functools import partial
 
+import figure_helpers
 import numpy as np
 import pandas as pd
 import pytest
+from figure_helpers import svg_texts, written
 from matplotlib.patches import FancyArrowPatch, Rectangle
 
-from mechflow.artifacts import write_table
 from mechflow.experiments.ioi.figures import CLASS_STYLE, FIGURES
-from mechflow.plots.style import read_figure_table
-from mechflow.steps import plot_figure
 
 MODEL = "ioi-4l"
 POSITIONS = ("when", "IO", "and", "S1", "S2", "END")
@@ -98,32 +96,8 @@ TABLES = {  # figure -> {table name: its test table}
 }
 
 
-def written(tmp_path, tables):
-    """Write each table as ``<name>.csv``; name -> path."""
-    paths = {}
-    for name, make in tables.items():
-        paths[name] = tmp_path / f"{name}.csv"
-        write_table(make() if callable(make) else make, paths[name])
-    return paths
-
-
-def plot(figure, paths, out, *extra):
-    argv = ["--figure", f"ioi.{figure}", "--out", str(out), *extra]
-    for name, path in paths.items():
-        argv += ["--table", f"{name}={path}"]
-    plot_figure.main(argv)
-
-
-def draw(figure, paths):
-    """The figure function's own Figure, from the tables as the step reads them."""
-    kind = FIGURES[figure]
-    return kind.draw(*(read_figure_table(paths[name]) for name in kind.tables))
-
-
-def svg_texts(out):
-    """Text lines of a figure: with svg.fonttype 'path' each is a comment before its outlines."""
-    svg = out.with_suffix(".svg").read_text(encoding="utf-8")
-    return [html.unescape(text) for text in re.findall(r"<!-- (.*?) -->", svg)]
+plot = partial(figure_helpers.plot, "ioi")
+draw = partial(figure_helpers.draw, FIGURES)
 
 
 def test_classes_match_the_classifier():
